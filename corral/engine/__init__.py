@@ -1,0 +1,1 @@
+"""Inference engines behind a narrow interface (`corral.engine.base`)."""

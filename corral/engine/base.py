@@ -1,0 +1,125 @@
+"""The engine boundary: what the scheduler and server may ask of a loaded model.
+
+Kept deliberately narrow (load, generate-stream, embed, tokenize, detokenize, close) so a second
+backend is one new module. The server renders prompts; an engine receives text plus sampling
+parameters and streams `Chunk`s back. A new capability becomes a data field here, not a method.
+Errors raised across this boundary are `corral.errors.CorralError` subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from corral.schemas.options import LoadOptions, SampleOptions
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Everything that determines a loaded runner; two equal specs can share one runner."""
+
+    model_path: Path
+    options: LoadOptions = field(default_factory=LoadOptions)
+    num_parallel: int = 1
+    embedding: bool = False
+    adapters: tuple[Path, ...] = ()
+    flash_attention: bool | None = None
+    kv_cache_type: str = ""
+
+
+@dataclass
+class GenerateParams:
+    """One generation request, already rendered to prompt text by the server.
+
+    `prompt` is tokenized by the runner with special tokens parsed and the model's BOS added when
+    the model wants one. `truncate` allows dropping the middle of an over-long prompt (keeping
+    `options.num_keep` tokens); `shift` allows context shifting during generation. With
+    `shift=False` an over-long prompt is a 400 with the spec's text.
+    """
+
+    prompt: str
+    options: SampleOptions = field(default_factory=SampleOptions)
+    images: list[bytes] = field(default_factory=list)
+    grammar: str | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = True
+    shift: bool = True
+
+
+@dataclass
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int] = field(default_factory=list)
+    top_logprobs: list[TopLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Metrics:
+    """Counts and durations of one finished generation (durations in nanoseconds)."""
+
+    prompt_eval_count: int = 0
+    prompt_cache_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    context: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Chunk:
+    """A piece of streamed output. The last chunk has `done=True`, a reason and metrics."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    done: bool = False
+    done_reason: str | None = None
+    metrics: Metrics | None = None
+
+
+@dataclass
+class EmbedResult:
+    embeddings: list[list[float]]
+    prompt_eval_count: int = 0
+
+
+class Runner(Protocol):
+    """A loaded model. Closing ends the process that holds it."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def memory_bytes(self) -> int: ...
+
+    def generate(self, params: GenerateParams) -> AsyncIterator[Chunk]:
+        """Stream chunks. Closing the iterator early cancels the sequence within one step."""
+        ...
+
+    async def embed(self, inputs: list[str], *, truncate: bool = True) -> EmbedResult:
+        """Raw (un-normalised) pooled embeddings, one per input."""
+        ...
+
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """Loads runners; `estimate` predicts the memory a spec needs before loading it."""
+
+    async def load(self, spec: LoadSpec) -> Runner: ...
+
+    def estimate(self, spec: LoadSpec) -> int: ...

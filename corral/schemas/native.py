@@ -1,0 +1,223 @@
+"""Wire types of the native Ollama API (`/api/*`, spec §1), shared by server and client.
+
+Field names follow Ollama's JSON exactly. Requests allow unknown fields (Ollama's decoder ignores
+them); responses omit unset optional fields the way Go's `omitempty` does (see `dump`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class WireModel(BaseModel):
+    """Base for every wire type: unknown fields accepted, `dump` omits None like omitempty."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+
+# Messages, tools -----------------------------------------------------------------------------
+class ToolCallFunction(WireModel):
+    index: int | None = None
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(WireModel):
+    id: str | None = None
+    function: ToolCallFunction
+
+
+class Message(WireModel):
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_content(cls, value: object) -> object:
+        return "" if value is None else value
+
+
+class ToolFunction(WireModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class Tool(WireModel):
+    type: str = "function"
+    function: ToolFunction
+
+
+# Model management ----------------------------------------------------------------------------
+class ModelDetails(WireModel):
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+    context_length: int | None = None
+    embedding_length: int | None = None
+
+
+class ListModel(WireModel):
+    name: str
+    model: str
+    modified_at: datetime
+    size: int
+    digest: str
+    details: ModelDetails
+    capabilities: list[str] | None = None
+
+
+class ListResponse(WireModel):
+    models: list[ListModel] = Field(default_factory=list)
+
+
+class ShowRequest(WireModel):
+    model: str | None = None
+    name: str | None = None
+    verbose: bool = False
+    system: str | None = None
+    options: dict[str, Any] | None = None
+
+
+class ShowResponse(WireModel):
+    license: str | None = None
+    modelfile: str | None = None
+    parameters: str | None = None
+    template: str | None = None
+    system: str | None = None
+    details: ModelDetails | None = None
+    messages: list[Message] | None = None
+    model_info: dict[str, Any] | None = None
+    projector_info: dict[str, Any] | None = None
+    tensors: list[dict[str, Any]] | None = None
+    capabilities: list[str] | None = None
+    modified_at: datetime | None = None
+
+
+class ProgressResponse(WireModel):
+    """One status line of a long operation (create, pull, push)."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class CreateRequest(WireModel):
+    model: str | None = None
+    name: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    renderer: str | None = None
+    parser: str | None = None
+    requires: str | None = None
+    quantize: str | None = None
+    quantization: str | None = None
+    stream: bool | None = None
+
+
+class CopyRequest(WireModel):
+    source: str
+    destination: str
+
+
+class DeleteRequest(WireModel):
+    model: str | None = None
+    name: str | None = None
+
+
+class PullRequest(WireModel):
+    model: str | None = None
+    name: str | None = None
+    insecure: bool = False
+    stream: bool | None = None
+
+
+class PushRequest(PullRequest):
+    pass
+
+
+class VersionResponse(WireModel):
+    version: str
+
+
+# Inference -----------------------------------------------------------------------------------
+ThinkValue = bool | Literal["low", "medium", "high", "max"] | None
+
+
+class GenerateRequest(WireModel):
+    model: str
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    stream: bool | None = None
+    raw: bool = False
+    format: Any = None
+    keep_alive: float | int | str | None = None
+    images: list[str] | None = None
+    options: dict[str, Any] | None = None
+    think: Any = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
+
+
+class ChatRequest(WireModel):
+    model: str
+    messages: list[Message] = Field(default_factory=list)
+    stream: bool | None = None
+    format: Any = None
+    keep_alive: float | int | str | None = None
+    tools: list[Tool] | None = None
+    options: dict[str, Any] | None = None
+    think: Any = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    debug_render_only: bool = Field(default=False, alias="_debug_render_only")
+
+
+class EmbedRequest(WireModel):
+    model: str
+    input: Any = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    keep_alive: float | int | str | None = None
+    options: dict[str, Any] | None = None
+
+
+class EmbeddingsRequest(WireModel):
+    model: str
+    prompt: str = ""
+    keep_alive: float | int | str | None = None
+    options: dict[str, Any] | None = None
