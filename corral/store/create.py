@@ -1,0 +1,288 @@
+"""Creating a model from uploaded GGUF blobs or an existing model (POST /api/create, spec §1;
+Ollama's server/create.go).
+
+Owns the create pipeline: validating the request, turning `files` into model/projector layers
+(with chat-template autodetection) or reusing a base model's layers for `from`, applying the
+Modelfile options (TEMPLATE/SYSTEM replace, PARAMETERs merge over the base's, LICENSE appends,
+MESSAGEs replace only when given), writing the config blob and, last, the manifest. Every blob
+is written atomically and the manifest goes last, so a create killed midway leaves at most
+removable temp files. Does not parse Modelfiles (the client sends structured fields) and does
+not quantize.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.errors import BadRequestError, CorralError, GGUFError, InvalidNameError, ModelNotFoundError
+from corral.gguf import GGUFInfo, is_gguf, read_gguf
+from corral.names import ModelName
+from corral.schemas.native import CreateRequest, ProgressResponse
+from corral.schemas.options import clean_options
+from corral.store import gojson, media
+from corral.store.blobs import normalize_digest
+from corral.store.manifests import ConfigV2, Layer, Manifest
+from corral.store.store import Store
+from corral.template.builtin import detect_template
+
+log = logging.getLogger(__name__)
+
+NOT_GGUF = "supplied file was not in GGUF format"
+_MESSAGE_KEYS = ("role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id")
+
+
+@dataclass
+class _Draft:
+    """Layers being assembled, each with the status line create reports for it.
+
+    Every blob is pinned (see `Store.pinning`) while it is found or written, under the store
+    lock, so a concurrent delete or replace cannot remove it before our manifest lands.
+    """
+
+    store: Store
+    pin: Callable[[str], None]
+    layers: list[Layer] = field(default_factory=list)
+    statuses: dict[int, str] = field(default_factory=dict)  # id(layer) -> status
+    config: ConfigV2 = field(default_factory=ConfigV2)
+
+    def add(self, layer: Layer, status: str) -> None:
+        self.layers.append(layer)
+        self.statuses[id(layer)] = status
+
+    def add_existing(self, layer: Layer) -> None:
+        """Reuse a blob already in the store ("using existing layer")."""
+        with self.store.lock:
+            if not self.store.blobs.exists(layer.digest):
+                raise BadRequestError(f"blob {normalize_digest(layer.digest)} not found")
+            self.pin(layer.digest)
+        self.add(layer, f"using existing layer {layer.digest}")
+
+    def new_blob(self, data: bytes, media_type: str) -> tuple[Layer, str]:
+        """Write `data` as a blob; returns the layer and its create status."""
+        with self.store.blobs.writer() as w:
+            w.write(data)
+            with self.store.lock:
+                digest, size = w.commit()
+                self.pin(digest)
+        return Layer(media_type, digest, size), _status(w.created, digest)
+
+    def add_new(self, data: bytes, media_type: str) -> None:
+        self.add(*self.new_blob(data, media_type))
+
+    def remove(self, *media_types: str) -> list[Layer]:
+        gone = [x for x in self.layers if x.media_type in media_types]
+        self.layers = [x for x in self.layers if x.media_type not in media_types]
+        return gone
+
+
+def _status(created: bool, digest: str) -> str:
+    return f"{'creating new layer' if created else 'using existing layer'} {digest}"
+
+
+def _validate_files(files: dict[str, str] | None) -> None:
+    for path, digest in (files or {}).items():
+        parts = path.split("/")
+        if (
+            not path
+            or path.startswith("/")
+            or any(c in path for c in "\\:")
+            or any(p in ("", ".", "..") for p in parts)
+        ):
+            raise BadRequestError(f"file path must be relative: {path}")
+        normalize_digest(digest)
+
+
+def _check_request(req: CreateRequest) -> None:
+    if req.quantize or req.quantization:
+        raise BadRequestError(
+            "quantization is not supported yet: quantize the GGUF with llama.cpp's llama-quantize"
+            " before creating the model"
+        )
+    if req.adapters and len(req.adapters) > 1:
+        raise BadRequestError("only one adapter is currently supported")
+    _validate_files(req.files)
+    _validate_files(req.adapters)
+
+
+def create_model(
+    store: Store, name: ModelName | str, req: CreateRequest
+) -> Generator[ProgressResponse, None, None]:
+    """Run a create, yielding Ollama's progress statuses; errors are CorralErrors."""
+    target = ModelName.parse(name) if isinstance(name, str) else name
+    if not target.is_valid():
+        raise InvalidNameError()
+    _check_request(req)
+    with store.pinning() as pin:
+        draft = _Draft(store, pin)
+        if req.from_:
+            yield from _from_model(store, req.from_, draft)
+        elif req.files:
+            yield from _from_files(store, req.files, draft, detect=req.template is None)
+        else:
+            raise BadRequestError("neither 'from' or 'files' was specified")
+        if req.adapters:
+            yield from _add_adapter(store, req.adapters, draft)
+        draft.config.renderer = req.renderer or draft.config.renderer
+        draft.config.parser = req.parser or draft.config.parser
+        draft.config.requires = req.requires or draft.config.requires
+        _apply_options(store, req, draft)
+        for layer in draft.layers:
+            yield ProgressResponse(status=draft.statuses[id(layer)])
+        draft.config.diff_ids = [layer.digest for layer in draft.layers]
+        config_layer, _ = draft.new_blob(draft.config.to_bytes(), media.CONFIG)
+        old = _old_digests(store, target)
+        yield ProgressResponse(status="writing manifest")
+        store.write_manifest(target, Manifest(config=config_layer, layers=draft.layers))
+    store.remove_unreferenced(old)
+    yield ProgressResponse(status="success")
+
+
+# Base layers ---------------------------------------------------------------------------------
+def _from_model(store: Store, from_: str, draft: _Draft) -> Iterator[ProgressResponse]:
+    base = ModelName.try_parse(from_)
+    if base is None:
+        raise InvalidNameError()
+    if not store.exists(base):
+        from corral.store.bundled import find_bundled, import_bundled
+
+        if find_bundled(base) is None:
+            raise ModelNotFoundError(from_)
+        for resp in import_bundled(store, base):
+            if resp.status != "success":
+                yield resp
+    model = store.load_model(base)
+    shown = model.name.display_shortest()
+    for layer in model.manifest.layers:
+        draft.add_existing(Layer(layer.media_type, layer.digest, layer.size, from_=shown, name=layer.name))
+    draft.config = ConfigV2.from_bytes(model.config.to_bytes())
+    draft.config.architecture = draft.config.architecture or "amd64"
+    draft.config.os = draft.config.os or "linux"
+    draft.config.rootfs_type = "layers"
+
+
+def _read_gguf_blob(store: Store, digest: str) -> tuple[Path, GGUFInfo]:
+    path = store.blobs.path(digest)
+    if not path.is_file():
+        raise BadRequestError(f"blob {normalize_digest(digest)} not found")
+    if not is_gguf(path):
+        raise BadRequestError(NOT_GGUF)
+    try:
+        return path, read_gguf(path)
+    except GGUFError:
+        raise BadRequestError(NOT_GGUF) from None
+
+
+def _gguf_kind(info: GGUFInfo) -> str:
+    kind = str(info.kv.get("general.type", "")).lower()
+    if kind in ("projector", "mmproj") or info.architecture == "clip":
+        return media.PROJECTOR
+    if kind == "adapter":
+        return media.ADAPTER
+    return media.MODEL
+
+
+def _from_files(
+    store: Store, files: dict[str, str], draft: _Draft, *, detect: bool
+) -> Iterator[ProgressResponse]:
+    first: GGUFInfo | None = None
+    for fname in sorted(files):
+        digest = normalize_digest(files[fname])
+        yield ProgressResponse(status="parsing GGUF")
+        path, info = _read_gguf_blob(store, digest)
+        kind = _gguf_kind(info)
+        size = path.stat().st_size
+        draft.add_existing(Layer(kind, digest, size, from_=str(path)))
+        if kind == media.MODEL and first is None:
+            first = info
+    if first is None:
+        raise BadRequestError(NOT_GGUF)
+    draft.config = _config_from_gguf(first)
+    if detect and first.chat_template:
+        builtin = detect_template(first.chat_template)
+        if builtin is not None:
+            layer, _ = draft.new_blob(builtin.template.encode("utf-8"), media.TEMPLATE)
+            draft.add(layer, f"using autodetected template {builtin.name}")
+            if builtin.params:
+                draft.add_new(_params_bytes(builtin.params), media.PARAMS)
+
+
+def _config_from_gguf(info: GGUFInfo) -> ConfigV2:
+    return ConfigV2(
+        model_format="gguf",
+        model_family=info.architecture,
+        model_families=[info.architecture],
+        model_type=info.parameter_size,
+        file_type=info.file_type,
+        context_length=info.context_length or 0,
+        embedding_length=info.embedding_length or 0,
+    )
+
+
+def _add_adapter(store: Store, adapters: dict[str, str], draft: _Draft) -> Iterator[ProgressResponse]:
+    (digest,) = adapters.values()
+    digest = normalize_digest(digest)
+    yield ProgressResponse(status="parsing GGUF")
+    path, _info = _read_gguf_blob(store, digest)
+    draft.add(
+        Layer(media.ADAPTER, digest, path.stat().st_size, from_=str(path)), f"using existing layer {digest}"
+    )
+
+
+# Modelfile options ---------------------------------------------------------------------------
+def _params_bytes(params: dict[str, Any]) -> bytes:
+    return gojson.encode(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}, sort_keys=True
+    )
+
+
+def _existing_params(store: Store, layers: list[Layer]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer.media_type == media.PARAMS:
+            value = store.read_json_blob(layer.digest)
+            if isinstance(value, dict):
+                merged.update(value)
+    return merged
+
+
+def _messages_bytes(req: CreateRequest) -> bytes:
+    out = []
+    for m in req.messages or []:
+        d = m.dump()
+        row: dict[str, Any] = {"role": m.role, "content": m.content}
+        row.update({k: d[k] for k in _MESSAGE_KEYS[2:] if d.get(k)})
+        out.append(row)
+    return gojson.encode(out)
+
+
+def _apply_options(store: Store, req: CreateRequest, draft: _Draft) -> None:
+    if req.template:
+        draft.remove(media.TEMPLATE, media.PROMPT)
+        draft.add_new(req.template.encode("utf-8"), media.TEMPLATE)
+    if req.system:
+        draft.remove(media.SYSTEM)
+        draft.add_new(req.system.encode("utf-8"), media.SYSTEM)
+    licenses = [req.license] if isinstance(req.license, str) else list(req.license or [])
+    for text in licenses:
+        draft.add_new(text.encode("utf-8"), media.LICENSE)
+    new_params = clean_options(req.parameters, source="create")
+    if new_params:
+        params = {**_existing_params(store, draft.layers), **new_params}
+        draft.remove(media.PARAMS)
+        draft.add_new(_params_bytes(params), media.PARAMS)
+    if req.messages:
+        draft.remove(media.MESSAGES)
+        draft.add_new(_messages_bytes(req), media.MESSAGES)
+
+
+# Replaced layers -----------------------------------------------------------------------------
+def _old_digests(store: Store, name: ModelName) -> set[str]:
+    try:
+        manifest, _ = store.read_manifest(name)
+        return manifest.digests()
+    except CorralError:
+        return set()
