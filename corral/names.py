@@ -86,6 +86,9 @@ class ModelName:
         if not isinstance(text, str) or not text.strip():
             return None
         scheme, host, namespace, model, tag = cls.parse_bare(text.strip())
+        body = text.strip().split("://", 1)[-1]
+        if body.startswith("/") or "//" in body or body.endswith(":"):
+            return None  # an explicitly empty part: never fill it with a default
         name = cls(
             host=host or DEFAULT_HOST,
             namespace=namespace or DEFAULT_NAMESPACE,

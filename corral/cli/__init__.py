@@ -1,0 +1,1 @@
+"""The `corral` command line: talks to the server only through `corral.client`."""

@@ -1,0 +1,208 @@
+"""`corral run`, `corral ps`, `corral stop`: inference from the terminal through the client.
+
+`run` starts a background server when none answers on a loopback host, pulls the model if it is
+missing, then answers one prompt (arguments or piped stdin) or opens the interactive REPL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from corral.cli.format import human_bytes, human_time, table
+from corral.cli.progress import render_progress
+from corral.client import Client
+from corral.config import Settings
+from corral.durations import parse_go_duration
+from corral.errors import CorralError
+
+err = Console(stderr=True, highlight=False)
+SERVER_START_TIMEOUT = 30.0
+
+
+def ensure_server(cfg: Settings, c: Client) -> None:
+    """Start `corral serve` in the background if no server answers on a loopback host."""
+    if c.heartbeat():
+        return
+    if not cfg.host_url.is_loopback:
+        raise CorralError("could not connect to corral server, run 'corral serve' to start it", status=503)
+    log_dir = cfg.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "server.log"
+    with log_path.open("ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "corral", "serve"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy(),
+        )
+    err.print(f"started a corral server in the background (log: {log_path})")
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if c.heartbeat():
+            return
+        time.sleep(0.2)
+    raise CorralError(f"the background server did not start; see {log_path}", status=503)
+
+
+def ensure_model(c: Client, model: str) -> None:
+    try:
+        c.show(model)
+    except CorralError as exc:
+        if exc.status != 404:
+            raise
+        render_progress(c.pull(model), err)
+
+
+def parse_keepalive(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        parse_go_duration(value)
+    except ValueError:
+        raise click.BadParameter(f"invalid duration {value!r}") from None
+    return value
+
+
+def parse_think(value: str | None) -> Any:
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("low", "medium", "high", "max"):
+        return lowered
+    raise click.BadParameter("think must be true, false, low, medium, high or max")
+
+
+def print_summary(final: dict[str, Any]) -> None:
+    """The `--verbose` timing summary, formatted as Ollama's Metrics.Summary."""
+    def dur(ns: int) -> str:
+        s = ns / 1e9
+        return f"{s * 1000:.6f}ms".rstrip("0") if s < 1 else f"{s:.9f}s".rstrip("0")
+
+    lines = [f"total duration:       {dur(final.get('total_duration', 0))}",
+             f"load duration:        {dur(final.get('load_duration', 0))}"]
+    pc, pd = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)
+    lines.append(f"prompt eval count:    {pc} token(s)")
+    if pd:
+        lines += [f"prompt eval duration: {dur(pd)}", f"prompt eval rate:     {pc / (pd / 1e9):.2f} tokens/s"]
+    if "prompt_cache_count" in final:
+        lines.append(f"prompt cache count:   {final['prompt_cache_count']} token(s)")
+    ec, ed = final.get("eval_count", 0), final.get("eval_duration", 0)
+    lines.append(f"eval count:           {ec} token(s)")
+    if ed:
+        lines += [f"eval duration:        {dur(ed)}", f"eval rate:            {ec / (ed / 1e9):.2f} tokens/s"]
+    err.print("\n".join(lines))
+
+
+def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict[str, Any]:
+    """Print streamed text as it arrives; return the final chunk."""
+    final: dict[str, Any] = {}
+    thinking = False
+    for chunk in chunks:
+        part = chunk.get("message", {}) if key == "message" else chunk
+        think_text = part.get("thinking") or ""
+        text = part.get("content" if key == "message" else "response") or ""
+        if think_text and not hide_thinking:
+            if not thinking:
+                sys.stdout.write("Thinking...\n")
+                thinking = True
+            sys.stdout.write(think_text)
+        if text:
+            if thinking:
+                sys.stdout.write("\n...done thinking.\n\n")
+                thinking = False
+            sys.stdout.write(text)
+        sys.stdout.flush()
+        if chunk.get("done"):
+            final = chunk
+    return final
+
+
+@click.command()
+@click.argument("model")
+@click.argument("prompt", nargs=-1)
+@click.option("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")
+@click.option("--verbose", is_flag=True, help="Show timings for the response")
+@click.option("--format", "fmt", help="Response format (e.g. json)")
+@click.option("--think", is_flag=False, flag_value="true", default=None, help="Enable thinking")
+@click.option("--hidethinking", is_flag=True, help="Hide thinking output")
+@click.option("--nowordwrap", is_flag=True, help="Don't wrap words to the next line automatically")
+@click.option("--insecure", is_flag=True, help="Use an insecure registry")
+def run(model: str, prompt: tuple[str, ...], keepalive: str | None, verbose: bool, fmt: str | None,
+        think: str | None, hidethinking: bool, nowordwrap: bool, insecure: bool) -> None:
+    """Run a model: answer PROMPT, or chat interactively."""
+    from corral.cli.main import client
+
+    cfg = Settings.from_env()
+    parts = list(prompt)
+    interactive = not parts and sys.stdin.isatty()
+    if not sys.stdin.isatty():
+        parts.insert(0, sys.stdin.read())
+        interactive = False
+    with client(cfg) as c:
+        ensure_server(cfg, c)
+        ensure_model(c, model)
+        body: dict[str, Any] = {"model": model, "options": {}}
+        if keepalive:
+            body["keep_alive"] = parse_keepalive(keepalive)
+        if fmt:
+            body["format"] = fmt
+        if think is not None:
+            body["think"] = parse_think(think)
+        if interactive:
+            from corral.cli.repl import Repl
+
+            Repl(c, cfg, body, verbose=verbose, hide_thinking=hidethinking).loop()
+            return
+        body["prompt"] = " ".join(parts)
+        final = stream_answer(c.generate(body), key="response", hide_thinking=hidethinking)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        if verbose and final:
+            print_summary(final)
+
+
+@click.command()
+def ps() -> None:
+    """List running models."""
+    from corral.cli.main import client, console
+
+    with client() as c:
+        models = c.ps().get("models", [])
+    rows = []
+    for m in models:
+        until = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU",
+                     str(m.get("context_length", "")), human_time(until)])
+    console.print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), soft_wrap=True)
+
+
+@click.command()
+@click.argument("model")
+def stop(model: str) -> None:
+    """Stop a running model."""
+    from corral.cli.main import client
+
+    with client() as c:
+        running = [m["name"] for m in c.ps().get("models", [])]
+        if not any(_same(model, name) for name in running):
+            raise CorralError(f'couldn\'t find model "{model}" to stop', status=404)
+        for _ in c.generate({"model": model, "prompt": "", "keep_alive": 0}):
+            pass
+
+
+def _same(given: str, loaded: str) -> bool:
+    norm = given if ":" in given.rsplit("/", 1)[-1] else given + ":latest"
+    return norm.lower() == loaded.lower()
+
+
+def history_path(cfg: Settings) -> Path | None:
+    return None if cfg.nohistory else cfg.home / "history"

@@ -1,0 +1,281 @@
+"""The scheduler: which runners are loaded, who may use them, and when they go away (spec §9).
+
+Owns the loaded-runner table, the bounded wait queue, memory-based admission and eviction,
+keep-alive expiry and reloads when load-time options change. It sees models only as `ModelRef`s
+(a blob path and a `LoadSpec`) and engines only through `corral.engine.base`.
+
+Differences from Ollama, on purpose: the queue bound applies to every waiting request, including
+those waiting for a parallel slot of an already-loaded model (Ollama #7758); idle runners are
+evicted least-recently-used first; memory is checked before loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from corral.config import Settings
+from corral.engine.base import Engine, LoadSpec, Runner
+from corral.errors import CorralError, RequestCanceledError, ServerBusyError
+
+log = logging.getLogger(__name__)
+GiB = 1024**3
+
+
+def available_memory() -> int:
+    return int(psutil.virtual_memory().available)
+
+
+def format_gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the scheduler needs to know about a model to load it and report it in /api/ps."""
+
+    name: str
+    digest: str
+    spec: LoadSpec
+    details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(eq=False)
+class LoadedRunner:
+    ref: ModelRef
+    runner: Runner
+    semaphore: asyncio.Semaphore
+    estimate: int
+    keep_alive: float
+    refcount: int = 0
+    last_used: float = 0.0
+    expires_at: float = math.inf
+    closing: bool = False
+    load_duration: float = 0.0
+
+    @property
+    def idle(self) -> bool:
+        return self.refcount == 0 and not self.closing
+
+
+class Scheduler:
+    """Loads and evicts runners; hands out leases bounded by `num_parallel` per runner."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        memory_probe: Callable[[], int] = available_memory,
+        clock: Callable[[], float] = time.monotonic,
+        reap_interval: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.memory_probe = memory_probe
+        self.clock = clock
+        self.reap_interval = reap_interval
+        self.loaded: dict[str, LoadedRunner] = {}
+        self.pending = 0
+        self._load_lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._reaper: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_loop(), name="corral-reaper")
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for entry in list(self.loaded.values()):
+            await self._unload(entry)
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self.reap()
+            except Exception:  # the reaper must survive anything
+                log.exception("reaper failed")
+
+    async def reap(self) -> None:
+        """Unload idle runners whose keep-alive has expired, and forget dead ones."""
+        now = self.clock()
+        for entry in list(self.loaded.values()):
+            if not entry.runner.alive and entry.refcount == 0:
+                log.warning("runner for %s has stopped; forgetting it", entry.ref.name)
+                await self._unload(entry)
+            elif entry.idle and entry.expires_at <= now:
+                log.info("keep_alive expired for %s", entry.ref.name)
+                await self._unload(entry)
+
+    # leases ----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lease(self, ref: ModelRef, keep_alive: float | None = None) -> AsyncIterator[Runner]:
+        """Wait (bounded by max_queue) for a runner of `ref` with a free parallel slot."""
+        if self._stopping:
+            raise CorralError("server is shutting down", status=503)
+        if self.pending >= self.settings.max_queue:
+            raise ServerBusyError()
+        self.pending += 1
+        acquired: LoadedRunner | None = None
+        try:
+            acquired = await self._acquire(ref, keep_alive)
+        except asyncio.CancelledError:
+            raise RequestCanceledError() from None
+        finally:
+            self.pending -= 1
+            if acquired is None:
+                await self._notify()
+        try:
+            yield acquired.runner
+        finally:
+            await self._release(acquired)
+
+    async def _acquire(self, ref: ModelRef, keep_alive: float | None) -> LoadedRunner:
+        while True:
+            entry = await self._runner_for(ref)
+            entry.refcount += 1
+            try:
+                await entry.semaphore.acquire()
+            except BaseException:
+                entry.refcount -= 1
+                raise
+            if entry.runner.alive and not entry.closing:
+                entry.keep_alive = self._keep_alive(keep_alive)
+                entry.expires_at = math.inf
+                entry.last_used = self.clock()
+                return entry
+            entry.semaphore.release()
+            entry.refcount -= 1
+            await self._unload(entry)
+
+    def _keep_alive(self, requested: float | None) -> float:
+        return self.settings.keep_alive_seconds if requested is None else requested
+
+    async def _release(self, entry: LoadedRunner) -> None:
+        entry.semaphore.release()
+        entry.refcount -= 1
+        entry.last_used = self.clock()
+        if entry.refcount == 0:
+            if not entry.runner.alive:
+                await self._unload(entry)
+            elif entry.keep_alive <= 0:
+                await self._unload(entry)
+            else:
+                entry.expires_at = entry.last_used + entry.keep_alive
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # loading ---------------------------------------------------------------------------------
+    async def _runner_for(self, ref: ModelRef) -> LoadedRunner:
+        """The loaded runner for `ref`, loading (and evicting) as needed."""
+        while True:
+            key = str(ref.spec.model_path)
+            entry = self.loaded.get(key)
+            if entry is not None and entry.runner.alive and entry.ref.spec == ref.spec:
+                return entry
+            if entry is not None and entry.refcount == 0:
+                await self._unload(entry)  # dead, or load options changed
+                continue
+            if entry is None:
+                async with self._load_lock:
+                    if key in self.loaded:
+                        continue
+                    if await self._make_room(ref):
+                        return await self._load(ref)
+            await self._wait_for_change()
+
+    async def _wait_for_change(self) -> None:
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=self.reap_interval)
+
+    async def _make_room(self, ref: ModelRef) -> bool:
+        """Evict idle runners (LRU first) until `ref` fits; False means wait for one to idle."""
+        need = self.engine.estimate(ref.spec)
+        while True:
+            idle = sorted((e for e in self.loaded.values() if e.idle), key=lambda e: e.last_used)
+            available = self.memory_probe()
+            ceiling = available + sum(e.estimate for e in self.loaded.values())
+            if need > ceiling:
+                raise CorralError(
+                    f"model requires more system memory ({format_gib(need)}) than is available "
+                    f"({format_gib(ceiling)})"
+                )
+            too_many = len(self.loaded) >= self.settings.max_runners
+            if not too_many and need <= available:
+                return True
+            if not idle:
+                return False
+            log.info("evicting %s to make room for %s", idle[0].ref.name, ref.name)
+            await self._unload(idle[0])
+
+    async def _load(self, ref: ModelRef) -> LoadedRunner:
+        started = time.monotonic()
+        runner = await self.engine.load(ref.spec)
+        entry = LoadedRunner(
+            ref=ref,
+            runner=runner,
+            semaphore=asyncio.Semaphore(ref.spec.num_parallel),
+            estimate=self.engine.estimate(ref.spec),
+            keep_alive=self.settings.keep_alive_seconds,
+            last_used=self.clock(),
+            load_duration=time.monotonic() - started,
+        )
+        self.loaded[str(ref.spec.model_path)] = entry
+        log.info("loaded %s in %.2fs", ref.name, entry.load_duration)
+        return entry
+
+    async def _unload(self, entry: LoadedRunner) -> None:
+        if entry.closing:
+            return
+        entry.closing = True
+        key = str(entry.ref.spec.model_path)
+        if self.loaded.get(key) is entry:
+            del self.loaded[key]
+        try:
+            await entry.runner.close()
+        except Exception:
+            log.exception("closing runner for %s failed", entry.ref.name)
+        await self._notify()
+
+    # queries and explicit control ------------------------------------------------------------
+    async def unload(self, model_path: str) -> bool:
+        """Unload now if idle, else as soon as its requests finish (keep_alive 0)."""
+        entry = self.loaded.get(model_path)
+        if entry is None:
+            return False
+        entry.keep_alive = 0
+        if entry.refcount == 0:
+            await self._unload(entry)
+        return True
+
+    async def forget_model(self, name: object) -> None:
+        """Called after a model is deleted; runners keep serving until idle, as in Ollama."""
+        return None
+
+    def last_load_duration(self, model_path: str) -> float:
+        entry = self.loaded.get(model_path)
+        return entry.load_duration if entry else 0.0
+
+    def snapshot(self) -> list[LoadedRunner]:
+        return sorted(self.loaded.values(), key=lambda e: e.expires_at, reverse=True)

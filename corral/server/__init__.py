@@ -1,0 +1,1 @@
+"""The HTTP server: a FastAPI app built by `create_app` with its collaborators injected."""

@@ -1,0 +1,81 @@
+"""`create_app`: builds the FastAPI application from injected collaborators.
+
+The app owns routing and middleware wiring only. Settings arrive already parsed; the store and
+the scheduler are constructed by the caller (the `serve` CLI verb or a test), so nothing here reads
+the environment or holds module-level state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from corral import __version__
+from corral.config import Settings
+from corral.server.context import AppContext
+from corral.server.errors import install_error_handlers
+from corral.server.management import router as management_router
+from corral.store.store import Store
+
+log = logging.getLogger(__name__)
+_JSON_PREFIXES = ("/api/", "/v1/")
+
+
+class JSONBodies:
+    """Treat every /api and /v1 request body as JSON, whatever its Content-Type (as Ollama does:
+    `curl -d '{...}'` sends form encoding). Blob uploads keep their raw bodies."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith(_JSON_PREFIXES) and not path.startswith("/api/blobs"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    scheduler: object | None = None,
+    prune_on_start: bool | None = None,
+) -> FastAPI:
+    """Build the app. `scheduler` is a `corral.scheduler.Scheduler` (None: management only)."""
+    ctx = AppContext(settings=settings, store=store, scheduler=scheduler)  # type: ignore[arg-type]
+    do_prune = (not settings.noprune) if prune_on_start is None else prune_on_start
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if do_prune:
+            started = time.monotonic()
+            removed = store.prune()
+            log.info("pruned %d unused blobs in %.2fs", removed, time.monotonic() - started)
+        if ctx.scheduler is not None:
+            await ctx.scheduler.start()
+        try:
+            yield
+        finally:
+            if ctx.scheduler is not None:
+                await ctx.scheduler.shutdown()
+
+    app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(JSONBodies)
+    app.include_router(management_router)
+    if ctx.scheduler is not None:
+        from corral.server.embeddings import router as embeddings_router
+        from corral.server.inference import router as inference_router
+
+        app.include_router(inference_router)
+        app.include_router(embeddings_router)
+    return app

@@ -1,0 +1,247 @@
+"""Native inference routes: /api/generate, /api/chat (spec §1).
+
+Each handler validates, resolves a `Job`, renders the prompt and streams the runner's chunks as
+Ollama's NDJSON (or one JSON object with `stream: false`). The lease on the runner is held inside
+the stream, so a client that disconnects closes the runner stream and frees its sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from corral.engine.base import Chunk, GenerateParams, Metrics
+from corral.errors import BadRequestError
+from corral.schemas.native import ChatRequest, GenerateRequest, Message
+from corral.server.context import AppContext, get_ctx
+from corral.server.runtime import (
+    Job,
+    fit_messages,
+    leased,
+    render_messages,
+    require,
+    resolve_job,
+    scheduler_of,
+    with_model_preamble,
+)
+from corral.server.stream import respond
+
+router = APIRouter()
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def check_common(req: GenerateRequest | ChatRequest) -> None:
+    if not 0 <= req.top_logprobs <= 20:
+        raise BadRequestError("top_logprobs must be between 0 and 20")
+    think = req.think
+    if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+        raise BadRequestError(f"invalid think value: {think!r}")
+
+
+def metrics_fields(m: Metrics | None, started_ns: int, load_ns: int, *, context: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"total_duration": time.monotonic_ns() - started_ns, "load_duration": load_ns}
+    if m is not None:
+        out.update(
+            prompt_eval_count=m.prompt_eval_count,
+            prompt_cache_count=m.prompt_cache_count,
+            prompt_eval_duration=m.prompt_eval_duration,
+            eval_count=m.eval_count,
+            eval_duration=m.eval_duration,
+        )
+        if context:
+            out["context"] = m.context
+    return out
+
+
+def logprob_dicts(chunk: Chunk) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": lp.token,
+            "logprob": lp.logprob,
+            "bytes": lp.bytes,
+            **(
+                {"top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
+                                  for t in lp.top_logprobs]}
+                if lp.top_logprobs else {}
+            ),
+        }
+        for lp in chunk.logprobs
+    ]
+
+
+async def lifecycle_only(ctx: AppContext, job: Job, keep_alive: object, shape: Callable[[str], dict[str, Any]]
+                         ) -> AsyncIterator[dict[str, Any]]:
+    """Empty prompt/messages: load the model, or unload it when keep_alive is 0."""
+    if job.keep_alive is not None and job.keep_alive <= 0:
+        await scheduler_of(ctx).unload(str(job.ref.spec.model_path))
+        yield shape("unload")
+        return
+    async with leased(ctx, job):
+        pass
+    yield shape("load")
+
+
+def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, images: list[bytes]) -> GenerateParams:
+    return GenerateParams(
+        prompt=prompt,
+        options=job.options.sample,
+        images=images,
+        logprobs=req.logprobs or req.top_logprobs > 0,
+        top_logprobs=req.top_logprobs,
+        truncate=req.truncate is not False,
+        shift=req.shift is not False,
+    )
+
+
+def decode_images(job: Job, images: list[str] | None) -> list[bytes]:
+    if not images:
+        return []
+    if "vision" not in job.capabilities:
+        raise BadRequestError(f'"{job.name}" does not support images')
+    import base64
+
+    try:
+        return [base64.b64decode(i, validate=False) for i in images]
+    except ValueError as exc:
+        raise BadRequestError(f"invalid image data: {exc}") from None
+
+
+# /api/generate ---------------------------------------------------------------------------------
+@router.post("/api/generate")
+async def generate(req: GenerateRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+    check_common(req)
+    if req.raw and (req.template or req.system or req.context):
+        raise BadRequestError("raw mode does not support template, system, or context")
+    job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
+    require(job, "completion", f'"{req.model}" does not support generate')
+    if req.suffix:
+        require(job, "insert", f'"{req.model}" does not support insert')
+    if req.think and "thinking" not in job.capabilities:
+        raise BadRequestError(f'"{req.model}" does not support thinking')
+    images = decode_images(job, req.images)
+
+    def shape(reason: str) -> dict[str, Any]:
+        return {"model": req.model, "created_at": now_iso(), "response": "", "done": True, "done_reason": reason}
+
+    if not req.prompt and not req.suffix and not images:
+        return await respond(lifecycle_only(ctx, job, req.keep_alive, shape), req.stream)
+    if req.debug_render_only:
+        prompt = generate_prompt(job, req, [])
+        return JSONResponse({"model": req.model, "created_at": now_iso(),
+                             "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
+    items = generate_stream(ctx, job, req, images)
+    if req.stream is False:
+        return JSONResponse(await collect_generate(items))
+    return await respond(items, True)
+
+
+def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str]) -> str:
+    if req.raw:
+        return req.prompt
+    messages = with_model_preamble(job, [Message(role="user", content=req.prompt)], req.system)
+    if req.context is not None:
+        messages = [m for m in messages if m.role == "system"] + [messages[-1]]
+    prompt = render_messages(job, messages, template=req.template)
+    return "".join(context_text) + prompt
+
+
+async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, images: list[bytes]
+                          ) -> AsyncIterator[dict[str, Any]]:
+    started = time.monotonic_ns()
+    async with leased(ctx, job) as (runner, load_ns):
+        context_text = [await runner.detokenize(req.context)] if req.context else []
+        prompt = generate_prompt(job, req, context_text)
+        async for chunk in runner.generate(sample_params(job, prompt, req, images)):
+            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": chunk.text,
+                                   "done": chunk.done}
+            if chunk.logprobs:
+                out["logprobs"] = logprob_dicts(chunk)
+            if chunk.done:
+                out["done_reason"] = chunk.done_reason or "stop"
+                out.update(metrics_fields(chunk.metrics, started, load_ns, context=not req.raw))
+            yield out
+
+
+async def collect_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    text: list[str] = []
+    logprobs: list[Any] = []
+    last: dict[str, Any] = {}
+    async for item in items:
+        text.append(item.get("response", ""))
+        logprobs.extend(item.get("logprobs", []))
+        last = item
+    last["response"] = "".join(text)
+    if logprobs:
+        last["logprobs"] = logprobs
+    return last
+
+
+# /api/chat ---------------------------------------------------------------------------------------
+@router.post("/api/chat")
+async def chat(req: ChatRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+    check_common(req)
+    job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
+    require(job, "completion", f'"{req.model}" does not support chat')
+    if req.tools:
+        require(job, "tools", f"{job.model.name.display_long()} does not support tools")
+    if req.think and "thinking" not in job.capabilities:
+        raise BadRequestError(f'"{req.model}" does not support thinking')
+    images = decode_images(job, [i for m in req.messages for i in (m.images or [])])
+
+    def shape(reason: str) -> dict[str, Any]:
+        return {"model": req.model, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
+                "done": True, "done_reason": reason}
+
+    if not req.messages:
+        return await respond(lifecycle_only(ctx, job, req.keep_alive, shape), req.stream)
+    messages = with_model_preamble(job, req.messages)
+    if req.debug_render_only:
+        prompt = render_messages(job, messages, tools=req.tools)
+        return JSONResponse({"model": req.model, "created_at": now_iso(),
+                             "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
+    items = chat_stream(ctx, job, req, messages, images)
+    if req.stream is False:
+        return JSONResponse(await collect_chat(items))
+    return await respond(items, True)
+
+
+async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
+                      images: list[bytes]) -> AsyncIterator[dict[str, Any]]:
+    started = time.monotonic_ns()
+    async with leased(ctx, job) as (runner, load_ns):
+        def render(msgs: list[Message]) -> str:
+            return render_messages(job, msgs, tools=req.tools)
+
+        prompt = await fit_messages(runner, job, messages, render) if req.truncate is not False else render(messages)
+        async for chunk in runner.generate(sample_params(job, prompt, req, images)):
+            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(),
+                                   "message": {"role": "assistant", "content": chunk.text}, "done": chunk.done}
+            if chunk.logprobs:
+                out["logprobs"] = logprob_dicts(chunk)
+            if chunk.done:
+                out["done_reason"] = chunk.done_reason or "stop"
+                out.update(metrics_fields(chunk.metrics, started, load_ns, context=False))
+            yield out
+
+
+async def collect_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    text: list[str] = []
+    logprobs: list[Any] = []
+    last: dict[str, Any] = {}
+    async for item in items:
+        text.append(item["message"].get("content", ""))
+        logprobs.extend(item.get("logprobs", []))
+        last = item
+    last["message"] = {**last.get("message", {}), "content": "".join(text)}
+    if logprobs:
+        last["logprobs"] = logprobs
+    return last

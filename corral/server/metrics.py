@@ -1,0 +1,131 @@
+"""Prometheus metrics: the `ServerMetrics` object and the `/metrics` route.
+
+Each app has its own `CollectorRegistry` (never the global one), so several apps in one process
+(tests) do not collide. Request counts and latency are observed by the security middleware;
+generation metrics by the inference routes through `record_generation`; scheduler state (queue
+depth, loaded models and their memory) is read at scrape time. Does not own the scheduler or auth.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from corral.server.context import AppContext
+
+if TYPE_CHECKING:
+    from corral.engine.base import Metrics
+
+# The API key id of the request being served (set by the security middleware).
+current_key_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_key_id", default=None)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class ServerMetrics:
+    """All corral metrics; stored at `ctx.extras["metrics"]`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("corral_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("corral_http_request_duration_seconds", "HTTP request latency (to last byte)",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("corral_time_to_first_token_seconds", "Time from request to first token",
+                              ["model"], buckets=_TTFT_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("corral_prompt_tokens", "Prompt tokens evaluated", ["model"], registry=r)
+        self.cache_tokens = Counter("corral_prompt_cache_hit_tokens", "Prompt tokens served from the prefix cache",
+                                    ["model"], registry=r)
+        self.generated_tokens = Counter("corral_generated_tokens", "Tokens generated", ["model"], registry=r)
+        self.tokens_per_second = Gauge("corral_generation_tokens_per_second", "Decode speed of the last request",
+                                       ["model"], registry=r)
+        self.load_duration = Histogram("corral_model_load_duration_seconds", "Model load time", ["model"],
+                                       buckets=_LOAD_BUCKETS, registry=r)
+        self.runner_restarts = Counter("corral_runner_restarts", "Runners that stopped unexpectedly", ["model"],
+                                       registry=r)
+        self.queue_depth = Gauge("corral_queue_depth", "Requests waiting for or holding a runner", registry=r)
+        self.loaded_models = Gauge("corral_loaded_models", "Models currently loaded", registry=r)
+        self.model_memory = Gauge("corral_loaded_model_memory_bytes", "Memory of each loaded model", ["model"],
+                                  registry=r)
+        self.rate_limited = Counter("corral_rate_limited_requests", "Requests refused with 429", ["limit"],
+                                    registry=r)
+
+    # called by the middleware ----------------------------------------------------------------
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, method=method, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+
+    # called by the inference routes ----------------------------------------------------------
+    def observe_generation(self, model: str, *, ttft_s: float | None, prompt_tokens: int, cache_tokens: int,
+                           eval_tokens: int, eval_duration_s: float, load_s: float) -> None:
+        if ttft_s is not None and ttft_s >= 0:
+            self.ttft.labels(model=model).observe(ttft_s)
+        self.prompt_tokens.labels(model=model).inc(max(0, prompt_tokens))
+        self.cache_tokens.labels(model=model).inc(max(0, cache_tokens))
+        self.generated_tokens.labels(model=model).inc(max(0, eval_tokens))
+        if eval_duration_s > 0 and eval_tokens > 0:
+            self.tokens_per_second.labels(model=model).set(eval_tokens / eval_duration_s)
+        if load_s > 0:
+            self.load_duration.labels(model=model).observe(load_s)
+
+    def count_runner_restart(self, model: str) -> None:
+        self.runner_restarts.labels(model=model).inc()
+
+    # scrape ----------------------------------------------------------------------------------
+    def refresh_scheduler(self, scheduler: Any) -> None:
+        """Copy queue depth and loaded models from the scheduler (duck-typed: pending, snapshot())."""
+        if scheduler is None:
+            return
+        self.queue_depth.set(int(getattr(scheduler, "pending", 0)))
+        entries = list(scheduler.snapshot())
+        self.loaded_models.set(len(entries))
+        self.model_memory.clear()
+        for entry in entries:
+            try:
+                memory = int(entry.runner.memory_bytes)
+            except Exception:  # a dying runner must not break the scrape
+                memory = 0
+            self.model_memory.labels(model=entry.ref.name).set(memory)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def record_generation(ctx: AppContext, model: str, m: Metrics | None, started_ns: int, load_ns: int) -> None:
+    """Final-chunk hook for the inference routes: metrics plus the rate limiter's token count.
+
+    Time to first token is taken as total time minus decode time (queue + load + prompt eval).
+    """
+    if m is None:
+        return
+    total_ns = time.monotonic_ns() - started_ns
+    metrics: ServerMetrics | None = ctx.extras.get("metrics")
+    if metrics is not None:
+        metrics.observe_generation(
+            model,
+            ttft_s=max(0, total_ns - m.eval_duration) / 1e9,
+            prompt_tokens=m.prompt_eval_count - m.prompt_cache_count,
+            cache_tokens=m.prompt_cache_count,
+            eval_tokens=m.eval_count,
+            eval_duration_s=m.eval_duration / 1e9,
+            load_s=load_ns / 1e9,
+        )
+    count = ctx.extras.get("count_tokens")
+    if count is not None:
+        count(current_key_id.get(), m.prompt_eval_count + m.eval_count)
+
+
+def install_metrics_route(app: FastAPI, ctx: AppContext, metrics: ServerMetrics) -> None:
+    async def metrics_endpoint(request: Request) -> Response:
+        metrics.refresh_scheduler(ctx.scheduler)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -1,0 +1,179 @@
+"""From a request to a runnable job: model resolution, options, prompt rendering, leases.
+
+Owns the rules shared by every inference route (spec §1, §2, §9): which model, which merged
+options, which LoadSpec (so the scheduler knows when to reload), how the prompt is rendered
+(Go template layer, else the GGUF's Jinja template, else `{{ .Prompt }}`), and truncation of
+old chat turns to fit `num_ctx`. Knows nothing about the response format.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from corral.durations import keep_alive_seconds
+from corral.engine.base import LoadSpec, Runner
+from corral.errors import BadRequestError, ModelNotFoundError
+from corral.gguf import GGUFInfo
+from corral.names import ModelName
+from corral.scheduler import ModelRef, Scheduler
+from corral.schemas.native import Message, Tool
+from corral.schemas.options import ResolvedOptions
+from corral.server.context import AppContext
+from corral.server.modelinfo import capabilities, gguf_info, model_details
+from corral.store.store import Model as StoredModel
+from corral.template.jinja import render_jinja
+from corral.template.prompt import render_chat
+
+DEFAULT_TEMPLATE = "{{ .Prompt }}"
+MIN_CTX = 4
+
+
+@dataclass
+class Job:
+    """A resolved inference target."""
+
+    name: str
+    model: StoredModel
+    info: GGUFInfo | None
+    options: ResolvedOptions
+    ref: ModelRef
+    capabilities: list[str]
+    keep_alive: float | None
+
+
+async def resolve_job(
+    ctx: AppContext,
+    model_name: str,
+    options: dict[str, Any] | None,
+    keep_alive: object,
+    *,
+    not_found: str = "model '{name}' not found",
+) -> Job:
+    """Resolve the model and merge options; raise the route's 404 text for unknown models."""
+    name = ModelName.try_parse(model_name or "")
+    if name is None:
+        if not model_name:
+            raise BadRequestError("model is required")
+        raise BadRequestError("invalid model name")
+    try:
+        model = await run_in_threadpool(lambda: ctx.store.load_model(ctx.store.resolve(name)))
+    except ModelNotFoundError:
+        raise ModelNotFoundError(model_name, not_found.format(name=model_name)) from None
+    if model.model_path is None:
+        raise BadRequestError(f"model '{model_name}' has no weights to run")
+    info = await run_in_threadpool(gguf_info, ctx, model)
+    caps = capabilities(model, info)
+    resolved = ResolvedOptions.merge(
+        model.params, options, default_num_ctx=ctx.settings.default_num_ctx
+    )
+    resolved = _clamp_ctx(resolved, info)
+    embedding = "embedding" in caps and "completion" not in caps
+    spec = LoadSpec(
+        model_path=model.model_path,
+        options=resolved.load,
+        num_parallel=1 if embedding else ctx.settings.num_parallel,
+        embedding=embedding,
+        adapters=tuple(model.adapters),
+        flash_attention=ctx.settings.flash_attention,
+        kv_cache_type=ctx.settings.kv_cache_type,
+    )
+    short = model.name.display_shortest()
+    details = model_details(model).dump()
+    ref = ModelRef(name=short, digest=model.manifest_digest, spec=spec, details=details)
+    return Job(short, model, info, resolved, ref, caps, keep_alive_seconds(keep_alive))
+
+
+def _clamp_ctx(resolved: ResolvedOptions, info: GGUFInfo | None) -> ResolvedOptions:
+    from dataclasses import replace
+
+    num_ctx = max(resolved.load.num_ctx, MIN_CTX)
+    if info is not None and info.context_length:
+        num_ctx = min(num_ctx, info.context_length)
+    if num_ctx == resolved.load.num_ctx:
+        return resolved
+    return ResolvedOptions(load=replace(resolved.load, num_ctx=num_ctx), sample=resolved.sample)
+
+
+def scheduler_of(ctx: AppContext) -> Scheduler:
+    if ctx.scheduler is None:
+        raise BadRequestError("this server was started without an inference engine")
+    return ctx.scheduler
+
+
+@asynccontextmanager
+async def leased(ctx: AppContext, job: Job) -> AsyncIterator[tuple[Runner, int]]:
+    """A runner for the job plus the nanoseconds spent getting it (load_duration)."""
+    started = time.monotonic_ns()
+    async with scheduler_of(ctx).lease(job.ref, job.keep_alive) as runner:
+        yield runner, time.monotonic_ns() - started
+
+
+def require(job: Job, capability: str, message: str) -> None:
+    if capability not in job.capabilities:
+        raise BadRequestError(message)
+
+
+def render_messages(
+    job: Job,
+    messages: list[Message],
+    *,
+    tools: list[Tool] | None = None,
+    template: str | None = None,
+    think: bool | None = None,
+) -> str:
+    """Render a conversation with the Go template layer, else the GGUF Jinja template."""
+    go_template = template or job.model.template
+    if go_template:
+        return render_chat(go_template, messages, tools=tools, think=think, is_think_set=think is not None)
+    info = job.info
+    if info is not None and info.chat_template:
+        return render_jinja(
+            info.chat_template,
+            messages,
+            tools=tools,
+            add_generation_prompt=True,
+            bos_token=info.bos_token or "",
+            eos_token=info.eos_token or "",
+            enable_thinking=think,
+        )
+    return render_chat(DEFAULT_TEMPLATE, messages, tools=tools)
+
+
+def with_model_preamble(job: Job, messages: list[Message], system: str | None = None) -> list[Message]:
+    """Prepend the model's SYSTEM (unless the conversation has one) and its MESSAGE history."""
+    out: list[Message] = []
+    sys_text = system if system is not None else job.model.system
+    if sys_text and not (messages and messages[0].role == "system"):
+        out.append(Message(role="system", content=sys_text))
+    out.extend(Message(role=m.get("role", "user"), content=m.get("content", "")) for m in job.model.messages)
+    out.extend(messages)
+    return out
+
+
+async def fit_messages(
+    runner: Runner, job: Job, messages: list[Message], render: Any
+) -> str:
+    """Drop the oldest non-system messages until the prompt fits num_ctx (spec: chatPrompt).
+
+    The last message and system messages are always kept. Characters bound tokens from above,
+    so prompts shorter than num_ctx characters skip tokenization entirely.
+    """
+    num_ctx = job.options.load.num_ctx
+    prompt: str = render(messages)
+    if len(prompt) <= num_ctx:
+        return prompt
+    msgs = list(messages)
+    while True:
+        if len(await runner.tokenize(prompt)) <= num_ctx:
+            return prompt
+        drop = next((i for i, m in enumerate(msgs[:-1]) if m.role != "system"), None)
+        if drop is None:
+            return prompt
+        del msgs[drop]
+        prompt = render(msgs)

@@ -1,0 +1,104 @@
+"""Streaming helpers: NDJSON responses, stream-or-last semantics, and sync work in threads.
+
+Ollama's convention (spec §1): `stream` defaults to true; a streamed response is NDJSON and an
+error after the first byte becomes a final `{"error": "..."}` line with status 200; with
+`stream: false` the last object (or the error, with its status) is returned as one JSON body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from corral.errors import CorralError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+NDJSON = "application/x-ndjson"
+_DONE = object()
+
+
+def to_json_obj(item: Any) -> Any:
+    if isinstance(item, BaseModel):
+        return item.model_dump(mode="json", exclude_none=True, by_alias=True)
+    return item
+
+
+def ndjson_line(item: Any) -> bytes:
+    return (json.dumps(to_json_obj(item), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+async def iterate_in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking generator in a worker thread, yielding its items to asyncio."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        fut.result()
+
+    def work() -> None:
+        try:
+            for item in gen:
+                if stop.is_set():
+                    break
+                put(item)
+            put(_DONE)
+        except BaseException as exc:  # re-raised in the consumer
+            put(exc)
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="corral-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+
+
+async def respond(items: AsyncIterator[Any], stream: bool | None) -> Response:
+    """Stream items as NDJSON, or return the last one (spec: `waitForStream`)."""
+    if stream is None or stream:
+        first: Any = None
+        try:
+            first = await anext(items)
+        except StopAsyncIteration:
+            first = _DONE
+        return StreamingResponse(_ndjson(first, items), media_type=NDJSON)
+    last: Any = None
+    async for item in items:
+        last = item
+    return JSONResponse(to_json_obj(last) if last is not None else {})
+
+
+async def _ndjson(first: Any, items: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    if first is _DONE:
+        return
+    yield ndjson_line(first)
+    try:
+        async for item in items:
+            yield ndjson_line(item)
+    except CorralError as exc:
+        yield ndjson_line({"error": exc.message})
+    except Exception as exc:
+        log.exception("error mid-stream")
+        yield ndjson_line({"error": str(exc) or type(exc).__name__})
