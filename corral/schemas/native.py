@@ -198,6 +198,9 @@ class ChatRequest(WireModel):
     format: Any = None
     keep_alive: float | int | str | None = None
     tools: list[Tool] | None = None
+    # corral extension (Ollama has none): "none" | "auto" | "required" | {"type": "function",
+    # "function": {"name": ...}}; "required" and a named function constrain decoding to a tool call.
+    tool_choice: Any = None
     options: dict[str, Any] | None = None
     think: Any = None
     truncate: bool | None = None

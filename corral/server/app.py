@@ -20,6 +20,8 @@ from corral.config import Settings
 from corral.server.context import AppContext
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
+from corral.server.registry_api import install_registry
+from corral.server.security import install_security
 from corral.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,10 @@ def create_app(
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
     app.state.ctx = ctx
     install_error_handlers(app)
+    install_security(app, ctx)
     app.add_middleware(JSONBodies)
     app.include_router(management_router)
+    install_registry(app, ctx)
     if ctx.scheduler is not None:
         from corral.server.embeddings import router as embeddings_router
         from corral.server.inference import router as inference_router

@@ -6,9 +6,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from corral.config import Settings
 from corral.gguf import GGUFInfo, read_gguf
@@ -51,3 +51,6 @@ class AppContext:
 def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]

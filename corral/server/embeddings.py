@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from corral.errors import BadRequestError, CorralError
 from corral.schemas.native import EmbeddingsRequest, EmbedRequest
-from corral.server.context import AppContext, get_ctx
+from corral.server.context import AppContext, Ctx
 from corral.server.runtime import leased, resolve_job, scheduler_of
 
 router = APIRouter()
@@ -41,7 +41,12 @@ def embed_inputs(value: Any) -> list[str]:
 
 
 @router.post("/api/embed")
-async def embed(req: EmbedRequest, ctx: AppContext = Depends(get_ctx)) -> JSONResponse:
+async def embed(req: EmbedRequest, ctx: Ctx) -> JSONResponse:
+    return JSONResponse(await embed_response(ctx, req))
+
+
+async def embed_response(ctx: AppContext, req: EmbedRequest) -> dict[str, Any]:
+    """The /api/embed body for a request; the OpenAI layer calls this too."""
     inputs = embed_inputs(req.input)
     if req.dimensions is not None and req.dimensions <= 0:
         raise BadRequestError("dimensions must be greater than 0")
@@ -49,22 +54,22 @@ async def embed(req: EmbedRequest, ctx: AppContext = Depends(get_ctx)) -> JSONRe
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, load_ns):
         if not inputs:
-            return JSONResponse({"model": req.model, "embeddings": []})
+            return {"model": req.model, "embeddings": []}
         result = await runner.embed(inputs, truncate=req.truncate is not False)
     vectors = [normalize(v) for v in result.embeddings]
     if req.dimensions is not None:
         vectors = [normalize(v[: req.dimensions]) for v in vectors]
-    return JSONResponse({
+    return {
         "model": req.model,
         "embeddings": vectors,
         "total_duration": time.monotonic_ns() - started,
         "load_duration": load_ns,
         "prompt_eval_count": result.prompt_eval_count,
-    })
+    }
 
 
 @router.post("/api/embeddings")
-async def embeddings(req: EmbeddingsRequest, ctx: AppContext = Depends(get_ctx)) -> JSONResponse:
+async def embeddings(req: EmbeddingsRequest, ctx: Ctx) -> JSONResponse:
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, _load_ns):
         if not req.prompt:
@@ -74,10 +79,10 @@ async def embeddings(req: EmbeddingsRequest, ctx: AppContext = Depends(get_ctx))
 
 
 @router.get("/api/ps")
-async def ps(ctx: AppContext = Depends(get_ctx)) -> JSONResponse:
+async def ps(ctx: Ctx) -> JSONResponse:
     sched = scheduler_of(ctx)
     now_mono = sched.clock()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     models = []
     for entry in sched.snapshot():
         if entry.refcount > 0 or math.isinf(entry.expires_at):

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from corral.engine.base import Chunk, GenerateParams, Metrics
 from corral.errors import BadRequestError
 from corral.schemas.native import ChatRequest, GenerateRequest, Message
-from corral.server.context import AppContext, get_ctx
+from corral.server.context import AppContext, Ctx
+from corral.server.metrics import record_generation
 from corral.server.runtime import (
     Job,
     fit_messages,
@@ -36,7 +37,7 @@ THINK_LEVELS = ("low", "medium", "high", "max")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def check_common(req: GenerateRequest | ChatRequest) -> None:
@@ -102,11 +103,11 @@ def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, ima
     )
 
 
-def decode_images(job: Job, images: list[str] | None) -> list[bytes]:
+def decode_images(job: Job, images: list[str] | None, model: str) -> list[bytes]:
     if not images:
         return []
     if "vision" not in job.capabilities:
-        raise BadRequestError(f'"{job.name}" does not support images')
+        raise BadRequestError(f'"{model}" does not support images')
     import base64
 
     try:
@@ -117,7 +118,17 @@ def decode_images(job: Job, images: list[str] | None) -> list[bytes]:
 
 # /api/generate ---------------------------------------------------------------------------------
 @router.post("/api/generate")
-async def generate(req: GenerateRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def generate(req: GenerateRequest, ctx: Ctx) -> Response:
+    items = await generate_events(ctx, req)
+    if req.debug_render_only:
+        return JSONResponse(await anext(items))
+    if req.stream is False:
+        return JSONResponse(await collect_generate(items))
+    return await respond(items, True)
+
+
+async def generate_events(ctx: AppContext, req: GenerateRequest) -> AsyncIterator[dict[str, Any]]:
+    """Validate a generate request and return its stream of native chunks (errors raise here)."""
     check_common(req)
     if req.raw and (req.template or req.system or req.context):
         raise BadRequestError("raw mode does not support template, system, or context")
@@ -127,21 +138,22 @@ async def generate(req: GenerateRequest, ctx: AppContext = Depends(get_ctx)) -> 
         require(job, "insert", f'"{req.model}" does not support insert')
     if req.think and "thinking" not in job.capabilities:
         raise BadRequestError(f'"{req.model}" does not support thinking')
-    images = decode_images(job, req.images)
+    images = decode_images(job, req.images, req.model)
 
     def shape(reason: str) -> dict[str, Any]:
         return {"model": req.model, "created_at": now_iso(), "response": "", "done": True, "done_reason": reason}
 
     if not req.prompt and not req.suffix and not images:
-        return await respond(lifecycle_only(ctx, job, req.keep_alive, shape), req.stream)
+        return lifecycle_only(ctx, job, req.keep_alive, shape)
     if req.debug_render_only:
         prompt = generate_prompt(job, req, [])
-        return JSONResponse({"model": req.model, "created_at": now_iso(),
-                             "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
-    items = generate_stream(ctx, job, req, images)
-    if req.stream is False:
-        return JSONResponse(await collect_generate(items))
-    return await respond(items, True)
+        return single({"model": req.model, "created_at": now_iso(),
+                       "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
+    return generate_stream(ctx, job, req, images)
+
+
+async def single(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield item
 
 
 def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str]) -> str:
@@ -168,6 +180,7 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
             if chunk.done:
                 out["done_reason"] = chunk.done_reason or "stop"
                 out.update(metrics_fields(chunk.metrics, started, load_ns, context=not req.raw))
+                record_generation(ctx, req.model, chunk.metrics, started, load_ns)
             yield out
 
 
@@ -187,7 +200,17 @@ async def collect_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, An
 
 # /api/chat ---------------------------------------------------------------------------------------
 @router.post("/api/chat")
-async def chat(req: ChatRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def chat(req: ChatRequest, ctx: Ctx) -> Response:
+    items = await chat_events(ctx, req)
+    if req.debug_render_only:
+        return JSONResponse(await anext(items))
+    if req.stream is False:
+        return JSONResponse(await collect_chat(items))
+    return await respond(items, True)
+
+
+async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[str, Any]]:
+    """Validate a chat request and return its stream of native chunks (errors raise here)."""
     check_common(req)
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     require(job, "completion", f'"{req.model}" does not support chat')
@@ -195,23 +218,20 @@ async def chat(req: ChatRequest, ctx: AppContext = Depends(get_ctx)) -> Response
         require(job, "tools", f"{job.model.name.display_long()} does not support tools")
     if req.think and "thinking" not in job.capabilities:
         raise BadRequestError(f'"{req.model}" does not support thinking')
-    images = decode_images(job, [i for m in req.messages for i in (m.images or [])])
+    images = decode_images(job, [i for m in req.messages for i in (m.images or [])], req.model)
 
     def shape(reason: str) -> dict[str, Any]:
         return {"model": req.model, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": reason}
 
     if not req.messages:
-        return await respond(lifecycle_only(ctx, job, req.keep_alive, shape), req.stream)
+        return lifecycle_only(ctx, job, req.keep_alive, shape)
     messages = with_model_preamble(job, req.messages)
     if req.debug_render_only:
         prompt = render_messages(job, messages, tools=req.tools)
-        return JSONResponse({"model": req.model, "created_at": now_iso(),
-                             "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
-    items = chat_stream(ctx, job, req, messages, images)
-    if req.stream is False:
-        return JSONResponse(await collect_chat(items))
-    return await respond(items, True)
+        return single({"model": req.model, "created_at": now_iso(),
+                       "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
+    return chat_stream(ctx, job, req, messages, images)
 
 
 async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
@@ -230,6 +250,7 @@ async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: lis
             if chunk.done:
                 out["done_reason"] = chunk.done_reason or "stop"
                 out.update(metrics_fields(chunk.metrics, started, load_ns, context=False))
+                record_generation(ctx, req.model, chunk.metrics, started, load_ns)
             yield out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +28,7 @@ from corral.schemas.native import (
     ShowResponse,
     VersionResponse,
 )
-from corral.server.context import AppContext, get_ctx
+from corral.server.context import AppContext, Ctx
 from corral.server.modelinfo import list_entry, show_response
 from corral.server.stream import iterate_in_thread, respond
 from corral.store.blobs import normalize_digest
@@ -49,7 +49,7 @@ async def version() -> VersionResponse:
 
 
 @router.api_route("/api/tags", methods=["GET", "HEAD"])
-async def tags(ctx: AppContext = Depends(get_ctx)) -> JSONResponse:
+async def tags(ctx: Ctx) -> JSONResponse:
     entries = await run_in_threadpool(ctx.store.list_models)
     return JSONResponse(ListResponse(models=[list_entry(ctx, e) for e in entries]).dump())
 
@@ -61,7 +61,7 @@ def parse_name(text: str | None, *, required: str = "model is required") -> Mode
 
 
 @router.post("/api/show", response_model_exclude_none=True)
-async def show(req: ShowRequest, ctx: AppContext = Depends(get_ctx)) -> ShowResponse:
+async def show(req: ShowRequest, ctx: Ctx) -> ShowResponse:
     text = req.model or req.name
     name = parse_name(text)
 
@@ -77,7 +77,7 @@ async def show(req: ShowRequest, ctx: AppContext = Depends(get_ctx)) -> ShowResp
 
 
 @router.post("/api/create")
-async def create(req: CreateRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def create(req: CreateRequest, ctx: Ctx) -> Response:
     name = parse_name(req.model or req.name)
     if not req.from_ and not req.files:
         raise BadRequestError("neither 'from' or 'files' was specified")
@@ -85,7 +85,7 @@ async def create(req: CreateRequest, ctx: AppContext = Depends(get_ctx)) -> Resp
 
 
 @router.post("/api/copy")
-async def copy(req: CopyRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def copy(req: CopyRequest, ctx: Ctx) -> Response:
     src = ModelName.try_parse(req.source)
     if src is None:
         raise BadRequestError(f'source "{req.source}" is invalid')
@@ -100,7 +100,7 @@ async def copy(req: CopyRequest, ctx: AppContext = Depends(get_ctx)) -> Response
 
 
 @router.delete("/api/delete")
-async def delete(req: DeleteRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def delete(req: DeleteRequest, ctx: Ctx) -> Response:
     text = req.model or req.name
     name = parse_name(text)
     try:
@@ -113,14 +113,14 @@ async def delete(req: DeleteRequest, ctx: AppContext = Depends(get_ctx)) -> Resp
 
 
 @router.head("/api/blobs/{digest}")
-async def blob_exists(digest: str, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def blob_exists(digest: str, ctx: Ctx) -> Response:
     if not ctx.store.blobs.exists(normalize_digest(digest)):
         raise CorralError(f'blob "{digest}" not found', status=404)
     return Response(status_code=200)
 
 
 @router.post("/api/blobs/{digest}", status_code=201)
-async def blob_upload(digest: str, request: Request, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def blob_upload(digest: str, request: Request, ctx: Ctx) -> Response:
     expected = normalize_digest(digest)
     if ctx.store.blobs.exists(expected):
         return Response(status_code=200)
@@ -135,7 +135,7 @@ async def blob_upload(digest: str, request: Request, ctx: AppContext = Depends(g
 
 
 @router.post("/api/pull")
-async def pull(req: PullRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def pull(req: PullRequest, ctx: Ctx) -> Response:
     name = parse_name(req.model or req.name)
     return await respond(pull_stream(ctx, name, insecure=req.insecure), req.stream)
 

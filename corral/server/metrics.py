@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from corral.server.context import AppContext
 
@@ -35,28 +42,35 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("corral_http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("corral_http_request_duration_seconds", "HTTP request latency (to last byte)",
-                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("corral_time_to_first_token_seconds", "Time from request to first token",
-                              ["model"], buckets=_TTFT_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("corral_prompt_tokens", "Prompt tokens evaluated", ["model"], registry=r)
-        self.cache_tokens = Counter("corral_prompt_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                                    ["model"], registry=r)
-        self.generated_tokens = Counter("corral_generated_tokens", "Tokens generated", ["model"], registry=r)
-        self.tokens_per_second = Gauge("corral_generation_tokens_per_second", "Decode speed of the last request",
-                                       ["model"], registry=r)
-        self.load_duration = Histogram("corral_model_load_duration_seconds", "Model load time", ["model"],
-                                       buckets=_LOAD_BUCKETS, registry=r)
-        self.runner_restarts = Counter("corral_runner_restarts", "Runners that stopped unexpectedly", ["model"],
-                                       registry=r)
-        self.queue_depth = Gauge("corral_queue_depth", "Requests waiting for or holding a runner", registry=r)
-        self.loaded_models = Gauge("corral_loaded_models", "Models currently loaded", registry=r)
-        self.model_memory = Gauge("corral_loaded_model_memory_bytes", "Memory of each loaded model", ["model"],
-                                  registry=r)
-        self.rate_limited = Counter("corral_rate_limited_requests", "Requests refused with 429", ["limit"],
-                                    registry=r)
+        model = ["model"]
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def gauge(name: str, doc: str, labels: list[str] | None = None) -> Gauge:
+            return Gauge(name, doc, labels or [], registry=r)
+
+        def histogram(name: str, doc: str, labels: list[str], buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        self.requests = counter("corral_http_requests", "HTTP requests by route, method and status",
+                                ["route", "method", "status"])
+        self.latency = histogram("corral_http_request_duration_seconds", "HTTP request latency",
+                                 ["route"], _LATENCY_BUCKETS)
+        self.ttft = histogram("corral_time_to_first_token_seconds", "Time from request to first token", model,
+                              _TTFT_BUCKETS)
+        self.prompt_tokens = counter("corral_prompt_tokens", "Prompt tokens evaluated", model)
+        self.cache_tokens = counter("corral_prompt_cache_hit_tokens", "Prompt tokens from the prefix cache",
+                                    model)
+        self.generated_tokens = counter("corral_generated_tokens", "Tokens generated", model)
+        self.tokens_per_second = gauge("corral_generation_tokens_per_second", "Decode speed", model)
+        self.load_duration = histogram("corral_model_load_duration_seconds", "Model load time", model,
+                                       _LOAD_BUCKETS)
+        self.runner_restarts = counter("corral_runner_restarts", "Runners that stopped unexpectedly", model)
+        self.queue_depth = gauge("corral_queue_depth", "Requests waiting for or holding a runner")
+        self.loaded_models = gauge("corral_loaded_models", "Models currently loaded")
+        self.model_memory = gauge("corral_loaded_model_memory_bytes", "Memory of each loaded model", model)
+        self.rate_limited = counter("corral_rate_limited_requests", "Requests refused with 429", ["limit"])
 
     # called by the middleware ----------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

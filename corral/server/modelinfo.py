@@ -14,8 +14,8 @@ from corral.gguf import GGUFInfo
 from corral.modelfile import format_parameters, render_show_modelfile
 from corral.schemas.native import ListModel, Message, ModelDetails, ShowResponse
 from corral.server.context import AppContext
-from corral.store.store import ModelEntry
 from corral.store.store import Model as StoredModel
+from corral.store.store import ModelEntry
 from corral.template.gotemplate import GoTemplate
 from corral.template.prompt import infer_thinking_tags
 

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import secrets
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -32,6 +32,7 @@ from corral.server.stream import iterate_in_thread, respond
 from corral.store.blobs import BlobWriter, normalize_digest
 
 router = APIRouter()
+Ctx = Annotated[AppContext, Depends(get_ctx)]
 _UPLOADS = "registry_uploads"
 
 
@@ -59,7 +60,9 @@ async def v2_root() -> JSONResponse:
 
 
 @router.api_route("/v2/{ns}/{model}/manifests/{tag}", methods=["GET", "HEAD"])
-async def get_manifest(ns: str, model: str, tag: str, request: Request, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def get_manifest(
+    ns: str, model: str, tag: str, request: Request, ctx: Ctx
+) -> Response:
     name = await run_in_threadpool(_lookup, ctx, ns, model, tag)
     if name is None:
         return _oci_error(404, "MANIFEST_UNKNOWN", "manifest unknown")
@@ -72,7 +75,7 @@ async def get_manifest(ns: str, model: str, tag: str, request: Request, ctx: App
 
 
 @router.api_route("/v2/{ns}/{model}/blobs/{digest}", methods=["GET", "HEAD"])
-async def get_blob(ns: str, model: str, digest: str, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def get_blob(ns: str, model: str, digest: str, ctx: Ctx) -> Response:
     try:
         digest = normalize_digest(digest)
     except BadRequestError:
@@ -91,7 +94,7 @@ def _uploads(ctx: AppContext) -> dict[str, BlobWriter]:
 
 
 @router.post("/v2/{ns}/{model}/blobs/uploads/")
-async def start_upload(ns: str, model: str, request: Request, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def start_upload(ns: str, model: str, request: Request, ctx: Ctx) -> Response:
     mount = request.query_params.get("mount")
     if mount:
         try:
@@ -104,12 +107,13 @@ async def start_upload(ns: str, model: str, request: Request, ctx: AppContext = 
     upload_id = secrets.token_hex(16)
     _uploads(ctx)[upload_id] = await run_in_threadpool(ctx.store.blobs.writer)
     loc = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}"
-    return Response(status_code=202, headers={"Location": loc, "Range": "0-0", "Docker-Upload-UUID": upload_id})
+    headers = {"Location": loc, "Range": "0-0", "Docker-Upload-UUID": upload_id}
+    return Response(status_code=202, headers=headers)
 
 
 @router.patch("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
 async def patch_upload(
-    ns: str, model: str, upload_id: str, request: Request, ctx: AppContext = Depends(get_ctx)
+    ns: str, model: str, upload_id: str, request: Request, ctx: Ctx
 ) -> Response:
     writer = _uploads(ctx).get(upload_id)
     if writer is None:
@@ -125,7 +129,7 @@ async def patch_upload(
 
 @router.put("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
 async def finish_upload(
-    ns: str, model: str, upload_id: str, request: Request, ctx: AppContext = Depends(get_ctx)
+    ns: str, model: str, upload_id: str, request: Request, ctx: Ctx
 ) -> Response:
     writer = _uploads(ctx).pop(upload_id, None)
     if writer is None:
@@ -147,7 +151,7 @@ async def finish_upload(
 
 @router.put("/v2/{ns}/{model}/manifests/{tag}")
 async def put_manifest(
-    ns: str, model: str, tag: str, request: Request, ctx: AppContext = Depends(get_ctx)
+    ns: str, model: str, tag: str, request: Request, ctx: Ctx
 ) -> Response:
     name = ModelName.try_parse(f"{DEFAULT_HOST}/{ns}/{model}:{tag}")
     if name is None:
@@ -173,7 +177,7 @@ def registry_options(ctx: AppContext, *, insecure: bool) -> RegistryOptions:
 
 
 @router.post("/api/push")
-async def push(req: PushRequest, ctx: AppContext = Depends(get_ctx)) -> Response:
+async def push(req: PushRequest, ctx: Ctx) -> Response:
     text = req.model or req.name
     if not text:
         raise BadRequestError("model is required")

@@ -7,9 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from gguf import GGUFWriter
 
 from corral.errors import BadRequestError, CorralError, InvalidNameError, ModelNotFoundError
 from corral.names import ModelName
@@ -18,22 +16,7 @@ from corral.store import media
 from corral.store.create import create_model
 from corral.store.store import Store
 from corral.template.builtin import get_builtin, reference_jinja
-
-
-def write_gguf(path: Path, *, chat_template: str | None = None, arch: str = "llama", n: int = 64) -> Path:
-    w = GGUFWriter(str(path), arch)
-    w.add_context_length(2048)
-    w.add_embedding_length(64)
-    w.add_block_count(1)
-    w.add_file_type(3)  # Q4_1
-    if chat_template is not None:
-        w.add_chat_template(chat_template)
-    w.add_tensor("token_embd.weight", np.arange(n, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+from tests.ggufs import write_gguf
 
 
 def upload(store: Store, path: Path) -> str:
