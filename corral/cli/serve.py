@@ -6,14 +6,19 @@ This is the edge: the only place besides `Settings.from_env` that knows how the 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import uvicorn
 
+from corral.auth.authenticator import auth_configured
+from corral.cli.listener import deadline_protocol
 from corral.config import Settings
 from corral.engine.llamacpp.proc import LlamaCppEngine
+from corral.registry.auth import KEY_NAME, ensure_keypair
 from corral.scheduler import Scheduler
 from corral.server.app import create_app
+from corral.server.requestlog import JsonFormatter, RequestIdFilter
 from corral.store.store import Store
 
 log = logging.getLogger("corral")
@@ -26,6 +31,33 @@ def configure_logging(cfg: Settings) -> None:
         stream=sys.stderr,
         format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
+        if cfg.log_format.strip().lower() == "json":
+            handler.setFormatter(JsonFormatter())
+
+
+def check_binding(cfg: Settings) -> None:
+    """Refuse a public bind without auth unless explicitly allowed (then warn loudly)."""
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        sys.exit("Error: --tls-cert and --tls-key (CORRAL_TLS_CERT/CORRAL_TLS_KEY) must be given together")
+    if cfg.host_url.is_loopback or auth_configured(cfg):
+        return
+    if not cfg.allow_unauthenticated:
+        sys.exit(
+            f"Error: refusing to listen on {cfg.host_url.bind_host}:{cfg.host_url.port} without authentication.\n"
+            "Anyone who can reach this address could run and delete your models. Either:\n"
+            "  - create an API key:   corral keys create --scope infer,read --name <who>\n"
+            "    (then clients send it: CORRAL_API_KEY=<key>, or Authorization: Bearer <key>)\n"
+            "  - configure JWT:       CORRAL_JWT_SECRET=... or CORRAL_JWT_PUBLIC_KEY=<pem file>\n"
+            "  - bind to loopback:    corral serve --host 127.0.0.1:11434\n"
+            "  - or, if a proxy in front of corral does authentication: --allow-unauthenticated\n"
+            "    (CORRAL_ALLOW_UNAUTHENTICATED=1)"
+        )
+    log.warning("!" * 78)
+    log.warning("SERVING WITHOUT AUTHENTICATION on %s: anyone who can reach it has full access "
+                "(--allow-unauthenticated)", cfg.host)
+    log.warning("!" * 78)
 
 
 def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
@@ -38,9 +70,15 @@ def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
 
 def run_server(cfg: Settings) -> None:
     configure_logging(cfg)
+    check_binding(cfg)
     url = cfg.host_url
     log.info("server config models=%s host=%s num_parallel=%d", cfg.models_dir, cfg.host, cfg.num_parallel)
     app = build_app(cfg)
+    keypair, created = ensure_keypair(cfg.home)
+    if created:
+        print(f"Couldn't find '{cfg.home / KEY_NAME}'. Generating new private key.")
+        print(f"Your new public key is: \n\n{keypair.public_line}\n")
+    app.state.ctx.extras.update(registry_keypair=keypair, hf_endpoint=os.environ.get("HF_ENDPOINT"))
     ssl: dict[str, str] = {}
     if cfg.tls_cert and cfg.tls_key:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
@@ -50,5 +88,8 @@ def run_server(cfg: Settings) -> None:
         port=url.port,
         log_level="warning",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,
+        http=deadline_protocol(cfg.header_timeout_seconds),
         **ssl,  # type: ignore[arg-type]
     )

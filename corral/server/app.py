@@ -82,4 +82,7 @@ def create_app(
 
         app.include_router(inference_router)
         app.include_router(embeddings_router)
+        from corral.server.openai import install_openai
+
+        install_openai(app)
     return app
