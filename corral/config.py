@@ -137,6 +137,15 @@ class Settings(BaseModel):
     tls_key: Path | None = Field(None, description="TLS private key (PEM)")
     ca_bundle: Path | None = Field(None, description="CA bundle the client trusts")
     log_format: str = Field("text", description="text or json")
+    jwt_secret: str | None = Field(None, description="HS256 secret for JWT bearer tokens")
+    jwt_public_key: Path | None = Field(None, description="PEM public key for RS256/ES256 JWTs")
+    jwt_audience: str | None = Field(None, description="required JWT `aud`")
+    jwt_issuer: str | None = Field(None, description="required JWT `iss`")
+    jwt_scope_claim: str = Field("scope", description="JWT claim holding the scopes")
+    rate_limit_rpm: int = Field(0, ge=0, description="requests per minute per key; 0 = unlimited")
+    rate_limit_tpm: int = Field(0, ge=0, description="tokens per minute per key; 0 = unlimited")
+    stream_idle_timeout: str = Field("2m", description="drop a client that reads nothing for this long")
+    header_timeout: str = Field("10s", description="time a client has to send request headers/body")
     editor: str = Field("", description="editor for Ctrl+G in the REPL")
 
     @field_validator("noprune", "nohistory", "allow_unauthenticated", mode="before")
@@ -161,7 +170,7 @@ class Settings(BaseModel):
             return int(text)
         return 1 if parse_env_bool(text) else 0
 
-    @field_validator("home", "models", "tls_cert", "tls_key", "ca_bundle", mode="after")
+    @field_validator("home", "models", "tls_cert", "tls_key", "ca_bundle", "jwt_public_key", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -202,6 +211,14 @@ class Settings(BaseModel):
     @property
     def max_runners(self) -> int:
         return self.max_loaded_models or 3
+
+    @property
+    def stream_idle_timeout_seconds(self) -> float:
+        return env_duration_seconds(self.stream_idle_timeout)
+
+    @property
+    def header_timeout_seconds(self) -> float:
+        return env_duration_seconds(self.header_timeout)
 
     @property
     def origin_list(self) -> list[str]:

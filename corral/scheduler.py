@@ -77,12 +77,14 @@ class Scheduler:
         memory_probe: Callable[[], int] = available_memory,
         clock: Callable[[], float] = time.monotonic,
         reap_interval: float = 0.5,
+        on_runner_died: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.memory_probe = memory_probe
         self.clock = clock
         self.reap_interval = reap_interval
+        self.on_runner_died = on_runner_died
         self.loaded: dict[str, LoadedRunner] = {}
         self.pending = 0
         self._load_lock = asyncio.Lock()
@@ -249,6 +251,8 @@ class Scheduler:
         if entry.closing:
             return
         entry.closing = True
+        if not entry.runner.alive and self.on_runner_died is not None:
+            self.on_runner_died(entry.ref.name)
         key = str(entry.ref.spec.model_path)
         if self.loaded.get(key) is entry:
             del self.loaded[key]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _UNITS = [(1000**4, "TB"), (1000**3, "GB"), (1000**2, "MB"), (1000, "KB")]
 
@@ -49,9 +49,9 @@ def human_duration(seconds: float) -> str:
 
 def human_time(t: datetime, now: datetime | None = None) -> str:
     """`3 minutes ago`, `4 minutes from now`, or `Forever` for dates decades ahead."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
+        t = t.replace(tzinfo=UTC)
     delta = (now - t).total_seconds()
     if delta < -20 * 365 * 24 * 3600:
         return "Forever"

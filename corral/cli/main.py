@@ -12,6 +12,7 @@ from rich.console import Console
 
 from corral import __version__
 from corral.cli.format import human_bytes, human_time, table
+from corral.cli.keys import keys as keys_group
 from corral.cli.progress import new_progress, render_progress
 from corral.client import Client, ConnectError
 from corral.config import Settings
@@ -273,6 +274,7 @@ def _register_inference_verbs() -> None:
 
 
 _register_inference_verbs()
+cli.add_command(keys_group)
 
 
 def main() -> None:

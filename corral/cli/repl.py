@@ -69,7 +69,7 @@ class Repl:
         if not line.startswith('"""'):
             return line
         parts = [line[3:]]
-        while not parts[-1].rstrip().endswith('"""') or len(parts) == 1 and parts[0].strip() == "":
+        while not parts[-1].rstrip().endswith('"""') or (len(parts) == 1 and parts[0].strip() == ""):
             try:
                 parts.append(self.session.prompt("... "))
             except (EOFError, KeyboardInterrupt):

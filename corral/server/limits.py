@@ -81,6 +81,18 @@ class RateLimiter:
                     raise _limited("requests", wait, f"rate limit exceeded: {self.rpm} requests per minute")
                 window.add(now, 1)
 
+    def usage(self, key: str) -> tuple[int, int]:
+        """(requests, tokens) counted for `key` in the current window."""
+        now = self.clock()
+        with self._lock:
+            out = []
+            for table in (self._requests, self._tokens):
+                window = table.get(key)
+                if window is not None:
+                    window.trim(now)
+                out.append(window.total if window is not None else 0)
+        return out[0], out[1]
+
     def count_tokens(self, key: str | None, tokens: int) -> None:
         if self.tpm <= 0 or key is None or tokens <= 0:
             return

@@ -30,6 +30,7 @@ from corral.errors import CorralError, ForbiddenError, PayloadTooLargeError, Rat
 from corral.server.context import AppContext
 from corral.server.cors import CorsPolicy, HostPolicy
 from corral.server.errors import ErrorFormats
+from corral.server.keys_api import router as keys_router
 from corral.server.limits import RateLimiter
 from corral.server.metrics import ServerMetrics, current_key_id, install_metrics_route
 from corral.server.requestlog import log_access, log_audit, new_request_id, request_id
@@ -275,6 +276,7 @@ def install_security(app: FastAPI, ctx: AppContext) -> None:
     ctx.extras.update(authenticator=Authenticator(keys, verifier), rate_limiter=limiter, metrics=metrics,
                       count_tokens=count, key_store=keys)
     install_metrics_route(app, ctx, metrics)
+    app.include_router(keys_router)
     app.add_middleware(SecurityMiddleware, ctx=ctx)
 
 

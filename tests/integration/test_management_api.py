@@ -98,11 +98,11 @@ def test_create_copy_delete_keep_shared_blobs(http: httpx.Client, server: Server
     assert shown["system"] == "Talk like a pirate."
     assert "temperature" in shown["parameters"] and "<|im_end|>" in shown["parameters"]
     assert http.post("/api/copy", json={"source": "pirate", "destination": "pirate2"}).status_code == 200
-    assert http.delete("/api/delete", json={"model": "pirate"}).status_code == 200
+    assert http.request("DELETE", "/api/delete", json={"model": "pirate"}).status_code == 200
     names = [m["name"] for m in http.get("/api/tags").json()["models"]]
     assert "pirate:latest" not in names and "pirate2:latest" in names and "smollm2:135m" in names
     assert http.post("/api/show", json={"model": "pirate2"}).json()["system"] == "Talk like a pirate."
-    assert http.delete("/api/delete", json={"model": "pirate2"}).status_code == 200
+    assert http.request("DELETE", "/api/delete", json={"model": "pirate2"}).status_code == 200
     assert http.post("/api/show", json={"model": "smollm2:135m"}).status_code == 200
 
 
