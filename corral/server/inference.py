@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from corral.engine.base import Chunk, GenerateParams, Metrics
 from corral.errors import BadRequestError
 from corral.schemas.native import ChatRequest, GenerateRequest, Message
+from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
 from corral.server.metrics import record_generation
 from corral.server.runtime import (
@@ -63,20 +64,19 @@ def metrics_fields(m: Metrics | None, started_ns: int, load_ns: int, *, context:
     return out
 
 
+def _logprob(token: str, logprob: float, raw: list[int]) -> dict[str, Any]:
+    """One entry of spec §1 `logprobs`: `bytes` is omitempty as in Go."""
+    return {"token": token, "logprob": logprob, **({"bytes": raw} if raw else {})}
+
+
 def logprob_dicts(chunk: Chunk) -> list[dict[str, Any]]:
-    return [
-        {
-            "token": lp.token,
-            "logprob": lp.logprob,
-            "bytes": lp.bytes,
-            **(
-                {"top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes}
-                                  for t in lp.top_logprobs]}
-                if lp.top_logprobs else {}
-            ),
-        }
-        for lp in chunk.logprobs
-    ]
+    out = []
+    for lp in chunk.logprobs:
+        entry = _logprob(lp.token, lp.logprob, lp.bytes)
+        if lp.top_logprobs:
+            entry["top_logprobs"] = [_logprob(t.token, t.logprob, t.bytes) for t in lp.top_logprobs]
+        out.append(entry)
+    return out
 
 
 async def lifecycle_only(ctx: AppContext, job: Job, keep_alive: object, shape: Callable[[str], dict[str, Any]]
@@ -91,11 +91,13 @@ async def lifecycle_only(ctx: AppContext, job: Job, keep_alive: object, shape: C
     yield shape("load")
 
 
-def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, images: list[bytes]) -> GenerateParams:
+def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, images: list[bytes],
+                  plan: Plan | None = None) -> GenerateParams:
     return GenerateParams(
         prompt=prompt,
         options=job.options.sample,
         images=images,
+        grammar=plan.grammar(prompt) if plan is not None else None,
         logprobs=req.logprobs or req.top_logprobs > 0,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate is not False,
@@ -136,8 +138,7 @@ async def generate_events(ctx: AppContext, req: GenerateRequest) -> AsyncIterato
     require(job, "completion", f'"{req.model}" does not support generate')
     if req.suffix:
         require(job, "insert", f'"{req.model}" does not support insert')
-    if req.think and "thinking" not in job.capabilities:
-        raise BadRequestError(f'"{req.model}" does not support thinking')
+    plan = generate_plan(job, req)
     images = decode_images(job, req.images, req.model)
 
     def shape(reason: str) -> dict[str, Any]:
@@ -146,35 +147,41 @@ async def generate_events(ctx: AppContext, req: GenerateRequest) -> AsyncIterato
     if not req.prompt and not req.suffix and not images:
         return lifecycle_only(ctx, job, req.keep_alive, shape)
     if req.debug_render_only:
-        prompt = generate_prompt(job, req, [])
+        prompt = generate_prompt(job, req, [], plan.think)
         return single({"model": req.model, "created_at": now_iso(),
                        "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
-    return generate_stream(ctx, job, req, images)
+    return generate_stream(ctx, job, req, images, plan)
 
 
 async def single(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield item
 
 
-def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str]) -> str:
+def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str], think: bool | None = None) -> str:
     if req.raw:
         return req.prompt
     messages = with_model_preamble(job, [Message(role="user", content=req.prompt)], req.system)
     if req.context is not None:
         messages = [m for m in messages if m.role == "system"] + [messages[-1]]
-    prompt = render_messages(job, messages, template=req.template)
+    prompt = render_messages(job, messages, template=req.template, think=think)
     return "".join(context_text) + prompt
 
 
-async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, images: list[bytes]
+async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, images: list[bytes], plan: Plan
                           ) -> AsyncIterator[dict[str, Any]]:
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
         context_text = [await runner.detokenize(req.context)] if req.context else []
-        prompt = generate_prompt(job, req, context_text)
-        async for chunk in runner.generate(sample_params(job, prompt, req, images)):
-            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": chunk.text,
-                                   "done": chunk.done}
+        prompt = generate_prompt(job, req, context_text, plan.think)
+        splitter = plan.splitter(prompt)
+        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
+            piece = splitter.feed(chunk.text, final=chunk.done)
+            if not (piece or chunk.logprobs or chunk.done):
+                continue
+            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": piece.content}
+            if piece.thinking:
+                out["thinking"] = piece.thinking
+            out["done"] = chunk.done
             if chunk.logprobs:
                 out["logprobs"] = logprob_dicts(chunk)
             if chunk.done:
@@ -186,13 +193,17 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
 
 async def collect_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     text: list[str] = []
+    thinking: list[str] = []
     logprobs: list[Any] = []
     last: dict[str, Any] = {}
     async for item in items:
         text.append(item.get("response", ""))
+        thinking.append(item.get("thinking", ""))
         logprobs.extend(item.get("logprobs", []))
         last = item
     last["response"] = "".join(text)
+    if any(thinking):
+        last["thinking"] = "".join(thinking)
     if logprobs:
         last["logprobs"] = logprobs
     return last
@@ -214,10 +225,7 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
     check_common(req)
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     require(job, "completion", f'"{req.model}" does not support chat')
-    if req.tools:
-        require(job, "tools", f"{job.model.name.display_long()} does not support tools")
-    if req.think and "thinking" not in job.capabilities:
-        raise BadRequestError(f'"{req.model}" does not support thinking')
+    plan = chat_plan(job, req)
     images = decode_images(job, [i for m in req.messages for i in (m.images or [])], req.model)
 
     def shape(reason: str) -> dict[str, Any]:
@@ -228,23 +236,36 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
         return lifecycle_only(ctx, job, req.keep_alive, shape)
     messages = with_model_preamble(job, req.messages)
     if req.debug_render_only:
-        prompt = render_messages(job, messages, tools=req.tools)
+        prompt = render_messages(job, messages, tools=plan.render_tools, think=plan.think)
         return single({"model": req.model, "created_at": now_iso(),
                        "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
-    return chat_stream(ctx, job, req, messages, images)
+    return chat_stream(ctx, job, req, messages, images, plan)
+
+
+def chat_message(piece: Piece) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": piece.content}
+    if piece.thinking:
+        msg["thinking"] = piece.thinking
+    if piece.tool_calls:
+        msg["tool_calls"] = [call.dump() for call in piece.tool_calls]
+    return msg
 
 
 async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
-                      images: list[bytes]) -> AsyncIterator[dict[str, Any]]:
+                      images: list[bytes], plan: Plan) -> AsyncIterator[dict[str, Any]]:
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
         def render(msgs: list[Message]) -> str:
-            return render_messages(job, msgs, tools=req.tools)
+            return render_messages(job, msgs, tools=plan.render_tools, think=plan.think)
 
         prompt = await fit_messages(runner, job, messages, render) if req.truncate is not False else render(messages)
-        async for chunk in runner.generate(sample_params(job, prompt, req, images)):
-            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(),
-                                   "message": {"role": "assistant", "content": chunk.text}, "done": chunk.done}
+        splitter: OutputSplitter = plan.splitter(prompt)
+        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
+            piece = splitter.feed(chunk.text, final=chunk.done)
+            if not (piece or chunk.logprobs or chunk.done):
+                continue
+            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "message": chat_message(piece),
+                                   "done": chunk.done}
             if chunk.logprobs:
                 out["logprobs"] = logprob_dicts(chunk)
             if chunk.done:
@@ -256,13 +277,24 @@ async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: lis
 
 async def collect_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     text: list[str] = []
+    thinking: list[str] = []
+    calls: list[Any] = []
     logprobs: list[Any] = []
     last: dict[str, Any] = {}
     async for item in items:
         text.append(item["message"].get("content", ""))
+        thinking.append(item["message"].get("thinking", ""))
+        calls.extend(item["message"].get("tool_calls", []))
         logprobs.extend(item.get("logprobs", []))
         last = item
-    last["message"] = {**last.get("message", {}), "content": "".join(text)}
+    message: dict[str, Any] = {**last.get("message", {}), "content": "".join(text)}
+    message.pop("thinking", None)
+    message.pop("tool_calls", None)
+    if any(thinking):
+        message["thinking"] = "".join(thinking)
+    if calls:
+        message["tool_calls"] = calls
+    last["message"] = message
     if logprobs:
         last["logprobs"] = logprobs
     return last
