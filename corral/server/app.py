@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import __version__
 from corral.config import Settings
+from corral.scheduler import Scheduler
 from corral.server.context import AppContext
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
@@ -48,11 +49,11 @@ def create_app(
     settings: Settings,
     store: Store,
     *,
-    scheduler: object | None = None,
+    scheduler: Scheduler | None = None,
     prune_on_start: bool | None = None,
 ) -> FastAPI:
     """Build the app. `scheduler` is a `corral.scheduler.Scheduler` (None: management only)."""
-    ctx = AppContext(settings=settings, store=store, scheduler=scheduler)  # type: ignore[arg-type]
+    ctx = AppContext(settings=settings, store=store, scheduler=scheduler)
     do_prune = (not settings.noprune) if prune_on_start is None else prune_on_start
 
     @asynccontextmanager
@@ -77,6 +78,9 @@ def create_app(
     app.include_router(management_router)
     install_registry(app, ctx)
     if ctx.scheduler is not None:
+        metrics = ctx.extras.get("metrics")
+        if metrics is not None:
+            ctx.scheduler.on_runner_died = metrics.count_runner_restart
         from corral.server.embeddings import router as embeddings_router
         from corral.server.inference import router as inference_router
 

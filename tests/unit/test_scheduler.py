@@ -107,7 +107,7 @@ def test_reload_only_when_load_options_change() -> None:
 
 def test_evicts_least_recently_used_idle_runner_at_max_loaded() -> None:
     async def main() -> None:
-        sched, engine, clock = make(max_loaded_models=2)
+        sched, _, clock = make(max_loaded_models=2)
         await use(sched, ref("/m/a"))
         clock.now += 1
         await use(sched, ref("/m/b"))

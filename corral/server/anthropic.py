@@ -1,0 +1,291 @@
+"""Anthropic-compatible Messages API: POST /v1/messages (spec §1, Ollama's anthropic/anthropic.go).
+
+Translates a Messages request (system, text, base64 images, tool_use / tool_result / thinking
+blocks, tools, stop_sequences, thinking, output_config.effort) into a native chat request, calls
+`chat_events`, and converts the native chunks back into a message object or the Anthropic SSE
+event sequence (`message_start`, `content_block_*`, `message_delta`, `message_stop`). Also owns
+Anthropic's error body. No inference logic lives here. Beyond Ollama, `tool_choice` is honoured
+(mapped to corral's native `tool_choice`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from corral.errors import BadRequestError, CorralError
+from corral.schemas.anthropic import AnthropicMessage, MessagesRequest
+from corral.schemas.native import ChatRequest
+from corral.schemas.openai import log_ignored_fields
+from corral.server.context import Ctx
+from corral.server.inference import chat_events
+from corral.server.openai_stream import Native, sse_event, sse_response
+
+router = APIRouter()
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+EFFORTS = ("low", "medium", "high", "max")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def anthropic_error_body(err: CorralError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _ERROR_TYPES.get(err.status, "api_error"), "message": err.message},
+            "request_id": new_id("req")}
+
+
+def stream_error(err: CorralError) -> bytes:
+    body = anthropic_error_body(err)
+    return sse_event("error", {"type": "error", "error": body["error"]})
+
+
+# Request translation ----------------------------------------------------------------------------
+def image_block(block: dict[str, Any]) -> str:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise BadRequestError("invalid image source")
+    if source.get("type") != "base64":
+        raise BadRequestError(f"invalid image source type: {source.get('type')}. Only base64 images are supported.")
+    data = str(source.get("data", ""))
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequestError(f"invalid base64 image data: {exc}") from None
+    return data
+
+
+def tool_result(block: dict[str, Any]) -> dict[str, Any]:
+    content = block.get("content")
+    text, images = "", []
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        parts = []
+        for item in content:
+            if isinstance(item, dict) and item.get("type") == "text":
+                parts.append(str(item.get("text", "")))
+            elif isinstance(item, dict) and item.get("type") == "image":
+                images.append(image_block(item))
+        text = "".join(parts)
+    msg: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": block.get("tool_use_id")}
+    if images:
+        msg["images"] = images
+    return msg
+
+
+def convert_message(msg: AnthropicMessage) -> list[dict[str, Any]]:
+    role = msg.role.lower()
+    text: list[str] = []
+    images: list[str] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    thinking = ""
+    for block in msg.blocks():
+        kind = block.get("type")
+        if kind == "text":
+            text.append(str(block.get("text") or ""))
+        elif kind == "image":
+            images.append(image_block(block))
+        elif kind == "tool_use":
+            for key in ("id", "name"):
+                if not block.get(key):
+                    raise BadRequestError(f"tool_use block missing required '{key}' field")
+            fn = {"name": block["name"], "arguments": block.get("input") or {}}
+            calls.append({"id": block["id"], "function": fn})
+        elif kind == "tool_result":
+            results.append(tool_result(block))
+        elif kind == "thinking":
+            thinking = str(block.get("thinking") or "")
+    out: list[dict[str, Any]] = results if role == "user" else []
+    if text or images or calls or thinking:
+        m: dict[str, Any] = {"role": role, "content": "".join(text)}
+        for key, value in (("images", images), ("tool_calls", calls), ("thinking", thinking)):
+            if value:
+                m[key] = value
+        out.append(m)
+    if role != "user":
+        out.extend(results)
+    return out
+
+
+def system_text(system: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(system, str):
+        return system
+    return "".join(str(b.get("text", "")) for b in system or [] if b.get("type") == "text")
+
+
+def think_of(req: MessagesRequest) -> bool | str | None:
+    if req.thinking is not None and req.thinking.type in ("enabled", "disabled"):
+        return req.thinking.type == "enabled"
+    effort = (req.output_config.effort or "").strip().lower() if req.output_config else ""
+    effort = "high" if effort == "xhigh" else effort
+    return effort if effort in EFFORTS else None
+
+
+def native_tool_choice(choice: dict[str, Any] | None) -> Any:
+    if not choice:
+        return None
+    kind = choice.get("type")
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice.get("name", "")}}
+    return {"any": "required", "auto": "auto", "none": "none"}.get(str(kind))
+
+
+def to_chat_request(req: MessagesRequest) -> ChatRequest:
+    messages: list[dict[str, Any]] = []
+    sys = system_text(req.system)
+    if sys:
+        messages.append({"role": "system", "content": sys})
+    for m in req.messages:
+        messages.extend(convert_message(m))
+    options: dict[str, Any] = {"num_predict": req.max_tokens}
+    for key in ("temperature", "top_p", "top_k"):
+        if getattr(req, key) is not None:
+            options[key] = getattr(req, key)
+    if req.stop_sequences:
+        options["stop"] = req.stop_sequences
+    tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                               "parameters": t.input_schema or {}}} for t in req.tools or []]
+    return ChatRequest.model_validate({
+        "model": req.model, "messages": messages, "options": options, "stream": True, "tools": tools or None,
+        "tool_choice": native_tool_choice(req.tool_choice), "think": think_of(req),
+    })
+
+
+# Response conversion ------------------------------------------------------------------------------
+def stop_reason(done_reason: str | None, tool_calls: bool) -> str | None:
+    if tool_calls:
+        return "tool_use"
+    if done_reason == "stop":
+        return "end_turn"
+    if done_reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if done_reason else None
+
+
+async def collect(mid: str, model: str, items: Native) -> dict[str, Any]:
+    text: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    async for item in items:
+        msg = item.get("message", {})
+        text.append(msg.get("content", ""))
+        thinking.append(msg.get("thinking") or "")
+        calls.extend(msg.get("tool_calls") or [])
+        last = item
+    content: list[dict[str, Any]] = []
+    if "".join(thinking):
+        content.append({"type": "thinking", "thinking": "".join(thinking), "signature": ""})
+    if "".join(text):
+        content.append({"type": "text", "text": "".join(text)})
+    for c in calls:
+        content.append({"type": "tool_use", "id": c.get("id") or new_id("toolu"), "name": c["function"]["name"],
+                        "input": c["function"].get("arguments") or {}})
+    return {"id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason(last.get("done_reason"), bool(calls)), "stop_sequence": None,
+            "usage": {"input_tokens": last.get("prompt_eval_count", 0), "output_tokens": last.get("eval_count", 0)}}
+
+
+class EventStream:
+    """Native chat chunks -> Anthropic stream events (one open content block at a time)."""
+
+    def __init__(self, mid: str, model: str, estimated_input: int = 0) -> None:
+        self.mid, self.model, self.estimated_input = mid, model, estimated_input
+        self.index = -1
+        self.open: str | None = None
+        self.tools_sent = 0
+
+    def start(self) -> bytes:
+        message: dict[str, Any] = {
+            "id": self.mid, "type": "message", "role": "assistant", "model": self.model, "content": [],
+            "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": self.estimated_input, "output_tokens": 0}}
+        return sse_event("message_start", {"type": "message_start", "message": message})
+
+    def close(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [sse_event("content_block_stop", {"type": "content_block_stop", "index": self.index})]
+
+    def block(self, kind: str, block: dict[str, Any], delta: dict[str, Any]) -> list[bytes]:
+        out = []
+        if self.open != kind:
+            out.extend(self.close())
+            self.index += 1
+            self.open = kind
+            out.append(sse_event("content_block_start", {"type": "content_block_start", "index": self.index,
+                                                         "content_block": block}))
+        out.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": self.index,
+                                                     "delta": delta}))
+        return out
+
+    def convert(self, item: dict[str, Any]) -> list[bytes]:
+        msg = item.get("message", {})
+        out: list[bytes] = []
+        if msg.get("thinking"):
+            out += self.block("thinking", {"type": "thinking", "thinking": "", "signature": ""},
+                              {"type": "thinking_delta", "thinking": msg["thinking"]})
+        if msg.get("content"):
+            out += self.block("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": msg["content"]})
+        for call in msg.get("tool_calls") or []:
+            out += self.close()
+            fn = call["function"]
+            block = {"type": "tool_use", "id": call.get("id") or new_id("toolu"), "name": fn["name"], "input": {}}
+            out += self.block("tool_use", block, {"type": "input_json_delta",
+                                                  "partial_json": json.dumps(fn.get("arguments") or {})})
+            out += self.close()
+            self.tools_sent += 1
+        if item.get("done"):
+            out += self.close()
+            usage = {"input_tokens": item.get("prompt_eval_count", 0), "output_tokens": item.get("eval_count", 0)}
+            delta = {"stop_reason": stop_reason(item.get("done_reason"), self.tools_sent > 0), "stop_sequence": None}
+            out.append(sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+            out.append(sse_event("message_stop", {"type": "message_stop"}))
+        return out
+
+
+def estimate_input_tokens(req: MessagesRequest) -> int:
+    """Ollama's rough len/4 estimate, shown in `message_start` before the prompt is evaluated."""
+    text = system_text(req.system) + "".join(m.role + json.dumps(m.content) for m in req.messages)
+    text += "".join(t.name + (t.description or "") + json.dumps(t.input_schema or {}) for t in req.tools or [])
+    return max(len(text) // 4, 1)
+
+
+async def event_frames(items: Native, events: EventStream) -> AsyncIterator[bytes]:
+    yield events.start()
+    async for item in items:
+        for frame in events.convert(item):
+            yield frame
+
+
+@router.post("/v1/messages")
+async def messages(req: MessagesRequest, ctx: Ctx) -> Response:
+    log_ignored_fields("/v1/messages", req)
+    if not req.messages:
+        raise BadRequestError("messages: at least one message is required")
+    if req.max_tokens <= 0:
+        raise BadRequestError("max_tokens is required and must be positive")
+    native = to_chat_request(req)
+    try:
+        items = await chat_events(ctx, native)
+    except BadRequestError as exc:
+        # Ollama relaxes thinking for models without it (`relax_thinking`) instead of failing
+        if not native.think or "does not support thinking" not in exc.message:
+            raise
+        items = await chat_events(ctx, native.model_copy(update={"think": None}))
+    mid = new_id("msg")
+    if not req.stream:
+        return JSONResponse(await collect(mid, req.model, items))
+    events = EventStream(mid, req.model, estimate_input_tokens(req))
+    return await sse_response(event_frames(items, events), stream_error)

@@ -1,0 +1,258 @@
+"""Native chunk streams -> OpenAI wire shapes: SSE framing, ids, chat chunks, merged `n` streams.
+
+Owns the conversion of the native chat chunk dicts produced by `corral.server.inference` into
+OpenAI chat-completion objects and `chat.completion.chunk`s (spec §1), the SSE encoding shared by
+the /v1 routes (including errors after the first byte), and the error body formatters registered
+for `/v1/*`. Holds no inference logic and knows nothing about request translation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+
+from corral.errors import CorralError
+
+log = logging.getLogger(__name__)
+SSE = "text/event-stream"
+FINGERPRINT = "fp_ollama"
+Native = AsyncIterator[dict[str, Any]]
+
+
+def short_id(prefix: str) -> str:
+    """Ollama's ids: a prefix and a number below 999 (`chatcmpl-<n>`, `cmpl-<n>`)."""
+    return f"{prefix}-{random.randrange(999)}"
+
+
+# Errors -------------------------------------------------------------------------------------
+def openai_error_type(status: int) -> str:
+    if status == 400:
+        return "invalid_request_error"
+    if status == 404:
+        return "not_found_error"
+    return "api_error"
+
+
+def openai_error_body(err: CorralError) -> dict[str, Any]:
+    return {"error": {"message": err.message, "type": openai_error_type(err.status), "param": None,
+                      "code": None}}
+
+
+# SSE ------------------------------------------------------------------------------------------
+def sse_data(obj: Any) -> bytes:
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def sse_event(event: str, obj: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+async def sse_response(frames: AsyncIterator[bytes], on_error: Callable[[CorralError], bytes]) -> StreamingResponse:
+    """Start the stream only after its first frame, so early errors keep their HTTP status."""
+    first = await anext(frames, b"")
+
+    async def body() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        try:
+            async for frame in frames:
+                yield frame
+        except CorralError as exc:
+            yield on_error(exc)
+        except Exception as exc:
+            log.exception("error mid-stream")
+            yield on_error(CorralError(str(exc) or type(exc).__name__))
+
+    return StreamingResponse(body(), media_type=SSE)
+
+
+def openai_stream_error(err: CorralError) -> bytes:
+    return sse_data(openai_error_body(err))
+
+
+# Merging n streams ---------------------------------------------------------------------------
+async def merge_streams(streams: list[Native]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    """Interleave several native streams, tagging each chunk with its stream's index."""
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, stream: Native) -> None:
+        try:
+            async for item in stream:
+                await queue.put((i, item))
+            await queue.put((i, done))
+        except BaseException as exc:
+            await queue.put((i, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            i, item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# Chat conversion -----------------------------------------------------------------------------
+def _logprob(lp: dict[str, Any]) -> dict[str, Any]:
+    return {"token": lp.get("token", ""), "logprob": lp.get("logprob", 0.0), "bytes": lp.get("bytes")}
+
+
+def openai_logprobs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Native logprobs -> `{"content": [...]}`; OpenAI always carries `bytes` and `top_logprobs`."""
+    return {"content": [{**_logprob(lp), "top_logprobs": [_logprob(t) for t in lp.get("top_logprobs") or []]}
+                        for lp in items]}
+
+
+def openai_tool_calls(native: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+    out = []
+    for i, tc in enumerate(native, start):
+        fn = tc.get("function", {})
+        out.append({"id": tc.get("id") or f"call_{random.getrandbits(40):010x}", "index": i, "type": "function",
+                    "function": {"name": fn.get("name", ""),
+                                 "arguments": json.dumps(fn.get("arguments", {}), ensure_ascii=False)}})
+    return out
+
+
+def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
+    if tool_calls:
+        return "tool_calls"
+    return "length" if done_reason == "length" else "stop"
+
+
+def usage_of(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass
+class ChoiceState:
+    """What one choice accumulated so far."""
+
+    content: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    done_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: bool = False
+
+    def absorb(self, chunk: dict[str, Any]) -> None:
+        msg = chunk.get("message", {})
+        if msg.get("content"):
+            self.content.append(msg["content"])
+        if msg.get("thinking"):
+            self.thinking.append(msg["thinking"])
+        self.tool_calls.extend(msg.get("tool_calls") or [])
+        self.logprobs.extend(chunk.get("logprobs") or [])
+        if chunk.get("done"):
+            self.done_reason = chunk.get("done_reason")
+            self.prompt_tokens = chunk.get("prompt_eval_count", 0) or 0
+            self.completion_tokens = chunk.get("eval_count", 0) or 0
+
+
+def chat_choice(index: int, st: ChoiceState, want_logprobs: bool) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(st.content)}
+    if st.thinking:
+        message["reasoning"] = "".join(st.thinking)
+    if st.tool_calls:
+        message["tool_calls"] = openai_tool_calls(st.tool_calls)
+    choice: dict[str, Any] = {"index": index, "message": message,
+                              "finish_reason": finish_reason(st.done_reason, bool(st.tool_calls))}
+    if want_logprobs:
+        choice["logprobs"] = openai_logprobs(st.logprobs)
+    return choice
+
+
+async def chat_completion(streams: list[Native], model: str, *, want_logprobs: bool) -> dict[str, Any]:
+    """Collect native chat streams into one `chat.completion` object."""
+    states = [ChoiceState() for _ in streams]
+    async for i, chunk in merge_streams(streams):
+        states[i].absorb(chunk)
+    return {
+        "id": short_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [chat_choice(i, st, want_logprobs) for i, st in enumerate(states)],
+        "usage": usage_of(states[0].prompt_tokens, sum(s.completion_tokens for s in states)),
+    }
+
+
+class ChatChunker:
+    """Turns native chat chunks into `chat.completion.chunk` objects (one id and `created` per stream)."""
+
+    def __init__(self, model: str, n: int, *, include_usage: bool, want_logprobs: bool) -> None:
+        self.id = short_id("chatcmpl")
+        self.created = int(time.time())
+        self.model = model
+        self.states = [ChoiceState() for _ in range(n)]
+        self.include_usage = include_usage
+        self.want_logprobs = want_logprobs
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "system_fingerprint": FINGERPRINT, "choices": choices, **extra}
+
+    def delta(self, index: int, delta: dict[str, Any], logprobs: list[dict[str, Any]] | None = None,
+              reason: str | None = None) -> dict[str, Any]:
+        st = self.states[index]
+        if not st.started:
+            st.started = True
+            delta = {"role": "assistant", **delta}
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": reason}
+        if self.want_logprobs and logprobs is not None:
+            choice["logprobs"] = openai_logprobs(logprobs)
+        return self.chunk([choice])
+
+    def convert(self, index: int, native: dict[str, Any]) -> list[dict[str, Any]]:
+        st = self.states[index]
+        before = len(st.tool_calls)
+        st.absorb(native)
+        msg = native.get("message", {})
+        out: list[dict[str, Any]] = []
+        if msg.get("thinking"):
+            out.append(self.delta(index, {"reasoning": msg["thinking"]}))
+        lps = native.get("logprobs")
+        if msg.get("content"):
+            out.append(self.delta(index, {"content": msg["content"]}, lps or []))
+        elif lps and self.want_logprobs:
+            out.append(self.delta(index, {"content": ""}, lps))
+        if len(st.tool_calls) > before:
+            calls = openai_tool_calls(st.tool_calls[before:], before)
+            out.append(self.delta(index, {"tool_calls": calls}))
+        if native.get("done"):
+            out.append(self.delta(index, {}, reason=finish_reason(st.done_reason, bool(st.tool_calls))))
+        return out
+
+    def usage_chunk(self) -> dict[str, Any]:
+        usage = usage_of(self.states[0].prompt_tokens, sum(s.completion_tokens for s in self.states))
+        return self.chunk([], usage=usage)
+
+
+async def chat_sse(streams: list[Native], chunker: ChatChunker) -> AsyncIterator[bytes]:
+    async for i, native in merge_streams(streams):
+        for chunk in chunker.convert(i, native):
+            yield sse_data(chunk)
+    if chunker.include_usage:
+        yield sse_data(chunker.usage_chunk())
+    yield sse_data("[DONE]")
