@@ -41,6 +41,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
+def level(think: object) -> str | None:
+    """The think level of a request (`"low"`...`"max"`), None for booleans or unset."""
+    return think if isinstance(think, str) else None
+
+
 def check_common(req: GenerateRequest | ChatRequest) -> None:
     if not 0 <= req.top_logprobs <= 20:
         raise BadRequestError("top_logprobs must be between 0 and 20")
@@ -163,7 +168,7 @@ def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str], thi
     messages = with_model_preamble(job, [Message(role="user", content=req.prompt)], req.system)
     if req.context is not None:
         messages = [m for m in messages if m.role == "system"] + [messages[-1]]
-    prompt = render_messages(job, messages, template=req.template, think=think)
+    prompt = render_messages(job, messages, template=req.template, think=think, think_level=level(req.think))
     return "".join(context_text) + prompt
 
 
@@ -236,7 +241,8 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
         return lifecycle_only(ctx, job, req.keep_alive, shape)
     messages = with_model_preamble(job, req.messages)
     if req.debug_render_only:
-        prompt = render_messages(job, messages, tools=plan.render_tools, think=plan.think)
+        prompt = render_messages(job, messages, tools=plan.render_tools, think=plan.think,
+                                 think_level=level(req.think))
         return single({"model": req.model, "created_at": now_iso(),
                        "_debug_info": {"rendered_template": prompt, "image_count": len(images)}})
     return chat_stream(ctx, job, req, messages, images, plan)
@@ -256,7 +262,8 @@ async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: lis
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
         def render(msgs: list[Message]) -> str:
-            return render_messages(job, msgs, tools=plan.render_tools, think=plan.think)
+            return render_messages(job, msgs, tools=plan.render_tools, think=plan.think,
+                                   think_level=level(req.think))
 
         prompt = await fit_messages(runner, job, messages, render) if req.truncate is not False else render(messages)
         splitter: OutputSplitter = plan.splitter(prompt)

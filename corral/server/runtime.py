@@ -126,11 +126,13 @@ def render_messages(
     tools: list[Tool] | None = None,
     template: str | None = None,
     think: bool | None = None,
+    think_level: str | None = None,
 ) -> str:
     """Render a conversation with the Go template layer, else the GGUF Jinja template."""
     go_template = template or job.model.template
     if go_template:
-        return render_chat(go_template, messages, tools=tools, think=think, is_think_set=think is not None)
+        return render_chat(go_template, messages, tools=tools, think=think, think_level=think_level,
+                           is_think_set=think is not None)
     info = job.info
     if info is not None and info.chat_template:
         return render_jinja(
