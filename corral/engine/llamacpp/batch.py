@@ -1,0 +1,369 @@
+"""The continuous-batching loop of a runner process (runs on the one thread that owns the model).
+
+Owns request admission (tokenize, truncate, seat in a slot with prefix reuse or a shared-prefix
+copy), the per-step batch (one token per generating sequence + a budgeted chunk of prompt tokens,
+one `llama_decode`), sampling, stop/length decisions, context shift, KV-pressure eviction and
+cancellation. Talks to the I/O side only through `submit()` (thread-safe inbox) and the `emit`
+callbacks it is given: events are collected per loop iteration and handed over in one call to
+`dispatch` (which must be thread-safe; without one, each emit is called directly). Does not do
+socket I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.engine.base import GenerateParams, TokenLogprob
+from corral.errors import BadRequestError, CorralError
+
+from . import slots as sl
+from .detok import StopMatcher, Utf8Assembler
+from .model import LlamaModel
+from .protocol import error_event, logprob_dict
+from .sampling import SeqSampler, token_logprob
+
+log = logging.getLogger(__name__)
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Sequence:
+    rid: int
+    params: GenerateParams
+    emit: Emit
+    slot: sl.Slot
+    tokens: list[int]
+    n_prompt: int
+    n_past: int
+    n_cached: int
+    sampler: SeqSampler
+    limit: int
+    t_seated: float
+    utf8: Utf8Assembler = field(default_factory=Utf8Assembler)
+    stop: StopMatcher = field(default_factory=lambda: StopMatcher(()))
+    next_token: int | None = None
+    n_gen: int = 0
+    t_first: float = 0.0
+
+
+@dataclass
+class StepStats:
+    steps: int = 0
+    total_s: float = 0.0
+    decode_s: float = 0.0
+    by_width: dict[int, list[float]] = field(default_factory=dict)
+
+    def record(self, width: int, total: float, decode: float) -> None:
+        self.steps += 1
+        self.total_s += total
+        self.decode_s += decode
+        acc = self.by_width.setdefault(width, [0.0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += total
+        acc[2] += decode
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "by_width": {
+                str(w): {
+                    "steps": int(a[0]),
+                    "step_ms": 1e3 * a[1] / a[0],
+                    "overhead_ms": 1e3 * (a[1] - a[2]) / a[0],
+                }
+                for w, a in sorted(self.by_width.items())
+            },
+        }
+
+
+class BatchLoop:
+    def __init__(self, model: LlamaModel, *, num_ctx: int, num_parallel: int) -> None:
+        self.model = model
+        self.num_ctx = num_ctx
+        self.slots = [sl.Slot(i) for i in range(num_parallel)]
+        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.waiting: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
+        self.active: dict[int, Sequence] = {}
+        self.stats = StepStats()
+        self.running = True
+        self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
+        self._out: list[tuple[Emit, dict[str, Any]]] = []
+
+    # --- thread-safe entry points ----------------------------------------------------------
+    def submit(self, msg: tuple[Any, ...]) -> None:
+        self.inbox.put(msg)
+
+    def run(self) -> None:
+        while self.running:
+            if not self.active and not self.waiting:
+                self._handle(self.inbox.get())
+            while True:
+                try:
+                    self._handle(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._seat_waiting()
+            if self.active:
+                self.step()
+            self._flush()
+
+    def _send(self, emit: Emit, ev: dict[str, Any]) -> None:
+        self._out.append((emit, ev))
+
+    def _flush(self) -> None:
+        """Hand this iteration's events to the I/O side in one go (one cross-thread wake-up)."""
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        if self.dispatch is not None:
+            self.dispatch(out)
+        else:
+            for emit, ev in out:
+                emit(ev)
+
+    # --- inbox ----------------------------------------------------------------------------
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "generate":
+            _, rid, params, emit = msg
+            try:
+                self.waiting.append((rid, params, emit, self._prepare(params)))
+            except CorralError as exc:
+                self._send(emit, error_event(exc))
+        elif kind == "cancel":
+            self._cancel(msg[1])
+        elif kind == "call":
+            _, fn, emit = msg
+            try:
+                self._send(emit, fn())
+            except Exception as exc:
+                self._send(emit, error_event(exc))
+        elif kind == "stop":
+            self.running = False
+
+    def _prepare(self, params: GenerateParams) -> list[int]:
+        tokens = self.model.tokenize(params.prompt)
+        if not tokens:
+            raise BadRequestError("the prompt is empty")
+        keep = sl.keep_count(params.options.num_keep, self.model.add_bos, self.num_ctx)
+        if len(tokens) > self.num_ctx - 1:
+            allow = params.shift and params.truncate
+            new = sl.truncate_prompt(tokens, self.num_ctx, keep, shift=allow)
+            log.warning(
+                "truncating input prompt limit=%d prompt=%d keep=%d new=%d",
+                self.num_ctx,
+                len(tokens),
+                keep,
+                len(new),
+            )
+            tokens = new
+        return tokens
+
+    def _cancel(self, rid: int) -> None:
+        self.waiting = deque(w for w in self.waiting if w[0] != rid)
+        seq = self.active.pop(rid, None)
+        if seq is not None:
+            self.model.seq_rm(seq.slot.seq_id)
+            seq.slot.cached = []
+            self._release(seq)
+
+    def _release(self, seq: Sequence) -> None:
+        seq.sampler.free()
+        seq.slot.busy = False
+        seq.slot.last_used = time.monotonic()
+
+    # --- admission ------------------------------------------------------------------------
+    def _seat_waiting(self) -> None:
+        while self.waiting:
+            rid, params, emit, tokens = self.waiting[0]
+            plan = sl.plan_slot(self.slots, tokens)
+            if plan is None:
+                return
+            self.waiting.popleft()
+            try:
+                self._seat(rid, params, emit, tokens, plan)
+            except CorralError as exc:
+                self._send(emit, error_event(exc))
+
+    def _seat(self, rid: int, params: GenerateParams, emit: Emit, tokens: list[int], plan: sl.SlotPlan) -> None:
+        slot = self.slots[plan.slot]
+        m = self.model
+        if plan.copy_from is not None:
+            m.seq_rm(slot.seq_id)
+            m.seq_cp(plan.copy_from, slot.seq_id, plan.copy_len)
+            slot.cached = list(self.slots[plan.copy_from].cached[: plan.copy_len])
+        elif not m.seq_rm(slot.seq_id, plan.keep, -1):
+            m.seq_rm(slot.seq_id)
+            slot.cached = []
+        else:
+            slot.cached = slot.cached[: plan.keep]
+        n_past = len(slot.cached)
+        opts = params.options
+        sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx)
+        if opts.repeat_last_n != 0:
+            last_n = self.num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+            sampler.accept_prompt(tokens[-last_n:])
+        limit = opts.num_predict if opts.num_predict >= 0 else 10 * self.num_ctx
+        if opts.num_predict == -2:
+            limit = self.num_ctx
+        slot.busy = True
+        self.active[rid] = Sequence(
+            rid=rid,
+            params=params,
+            emit=emit,
+            slot=slot,
+            tokens=list(tokens),
+            n_prompt=len(tokens),
+            n_past=n_past,
+            n_cached=n_past,
+            sampler=sampler,
+            limit=limit,
+            t_seated=time.perf_counter(),
+            stop=StopMatcher(tuple(s for s in opts.stop if s)),
+        )
+
+    # --- one step -------------------------------------------------------------------------
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        batch = self.model.batch
+        batch.clear()
+        outs: list[tuple[Sequence, int]] = []
+        fed: list[tuple[Sequence, int]] = []
+        for seq in list(self.active.values()):
+            if seq.next_token is None:
+                continue
+            if seq.n_past >= self.num_ctx and not self._shift(seq):
+                continue
+            idx = batch.add_one(seq.next_token, seq.n_past, seq.slot.seq_id)
+            outs.append((seq, idx))
+            fed.append((seq, 1))
+        width = len(outs)
+        budget = batch.capacity - batch.n
+        for seq in self.active.values():
+            if seq.next_token is not None or budget <= 0:
+                continue
+            chunk = seq.tokens[seq.n_past : min(seq.n_prompt, seq.n_past + budget)]
+            last = seq.n_past + len(chunk) == seq.n_prompt
+            idx = batch.add(chunk, seq.n_past, seq.slot.seq_id, last)
+            fed.append((seq, len(chunk)))
+            if last:
+                outs.append((seq, idx))
+            budget -= len(chunk)
+        if batch.n == 0:
+            return
+        batch.struct.n_tokens = batch.n
+        td = time.perf_counter()
+        rc = self.model.decode()
+        td = time.perf_counter() - td
+        if rc != 0:
+            self._decode_failed(rc, [s for s, _ in fed])
+            return
+        for seq, n in fed:
+            new = seq.tokens[seq.n_past : seq.n_past + n]
+            seq.slot.cached.extend(new)
+            seq.n_past += n
+        for seq, idx in outs:
+            self._on_logits(seq, idx)
+        self.stats.record(max(width, 1), time.perf_counter() - t0, td)
+
+    def _decode_failed(self, rc: int, seqs: list[Sequence]) -> None:
+        if rc == 1:
+            idle = sorted((s for s in self.slots if not s.busy and s.cached), key=lambda s: s.last_used)
+            if idle:
+                self.model.seq_rm(idle[0].seq_id)
+                idle[0].cached = []
+                return
+            newest = max(self.active.values(), key=lambda s: s.rid)
+            self._fail(newest, CorralError("the KV cache is full: no room for this request's tokens"))
+            return
+        for seq in seqs:
+            self._fail(seq, CorralError(f"llama_decode failed with status {rc}"))
+
+    def _fail(self, seq: Sequence, exc: CorralError) -> None:
+        self.active.pop(seq.rid, None)
+        self.model.seq_rm(seq.slot.seq_id)
+        seq.slot.cached = []
+        self._release(seq)
+        self._send(seq.emit, error_event(exc))
+
+    def _shift(self, seq: Sequence) -> bool:
+        """Make room at num_ctx: context shift, or finish with "length". True if seq continues."""
+        m = self.model
+        keep = sl.keep_count(seq.params.options.num_keep, m.add_bos, self.num_ctx)
+        if not seq.params.shift or not m.can_shift() or seq.params.options.num_predict == -2:
+            self._finish(seq, "length")
+            return False
+        for other in self.slots if m.cfg.kv_unified else []:
+            if other is seq.slot or sl.common_prefix(other.cached, seq.slot.cached) <= keep:
+                continue
+            if other.busy:
+                self._finish(seq, "length")
+                return False
+            m.seq_rm(other.seq_id)
+            other.cached = []
+        n = sl.shift_discard(self.num_ctx, keep)
+        sid = seq.slot.seq_id
+        m.seq_rm(sid, keep, keep + n)
+        m.seq_add(sid, keep + n, seq.n_past, -n)
+        del seq.tokens[keep : keep + n]
+        seq.n_past -= n
+        seq.slot.cached = seq.tokens[: seq.n_past]
+        return True
+
+    # --- after decode ---------------------------------------------------------------------
+    def _on_logits(self, seq: Sequence, idx: int) -> None:
+        tok = seq.sampler.sample(idx)
+        if seq.n_gen == 0:
+            seq.t_first = time.perf_counter()
+        seq.n_gen += 1
+        if self.model.is_eog(tok):
+            self._finish(seq, "stop")
+            return
+        lps: list[TokenLogprob] = []
+        if seq.params.logprobs:
+            lps.append(token_logprob(self.model, idx, tok, seq.params.top_logprobs))
+        text = seq.stop.feed(seq.utf8.feed(self.model.piece(tok)))
+        seq.tokens.append(tok)
+        if text or lps:
+            ev: dict[str, Any] = {"text": text}
+            if lps:
+                ev["logprobs"] = [logprob_dict(lp) for lp in lps]
+            self._send(seq.emit, ev)
+        if seq.stop.stopped:
+            self._finish(seq, "stop")
+        elif seq.n_gen >= seq.limit:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = tok
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        now = time.perf_counter()
+        tail = "" if seq.stop.stopped else seq.stop.feed(seq.utf8.flush()) + seq.stop.flush()
+        t_first = seq.t_first or now
+        metrics = {
+            "prompt_eval_count": seq.n_prompt,
+            "prompt_cache_count": seq.n_cached,
+            "prompt_eval_duration": int((t_first - seq.t_seated) * 1e9),
+            "eval_count": seq.n_gen,
+            "eval_duration": int((now - t_first) * 1e9),
+            "context": list(seq.tokens),
+        }
+        self.active.pop(seq.rid, None)
+        self._release(seq)
+        self._send(seq.emit, {"text": tail, "done": True, "done_reason": reason, "metrics": metrics})
+
+    # --- introspection (loop thread) --------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "slots": [{"id": s.seq_id, "busy": s.busy, "cached": len(s.cached)} for s in self.slots],
+            "active": len(self.active),
+            "waiting": len(self.waiting),
+            "num_ctx": self.num_ctx,
+            "stats": self.stats.summary(),
+        }

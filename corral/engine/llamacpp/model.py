@@ -1,0 +1,256 @@
+"""Thin ownership wrapper over llama.cpp's low-level C API (ctypes, via llama-cpp-python).
+
+Owns the native handles of one runner: the model, its vocabulary, the main context (one unified KV
+cache shared by all sequences), an optional embedding context, and one preallocated batch filled
+through numpy views. Every method must be called from the single thread that owns the model.
+Does not schedule, sample or know about requests; see `batch.py` for that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+import numpy.typing as npt
+
+from corral.errors import CorralError
+
+log = logging.getLogger(__name__)
+
+KV_TYPES = {
+    "": ll.GGML_TYPE_F16,
+    "f16": ll.GGML_TYPE_F16,
+    "q8_0": ll.GGML_TYPE_Q8_0,
+    "q4_0": ll.GGML_TYPE_Q4_0,
+}
+FLASH = {"auto": -1, "off": 0, "on": 1}
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    n_ctx: int
+    n_seq: int
+    n_batch: int
+    threads: int
+    embedding: bool = False
+    flash_attn: str = "auto"
+    kv_cache_type: str = "f16"
+    kv_unified: bool = False
+
+
+class Batch:
+    """One preallocated llama_batch whose arrays are numpy buffers we own (1 seq id per token)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.token = np.zeros(capacity, dtype=np.int32)
+        self.pos = np.zeros(capacity, dtype=np.int32)
+        self.n_seq_id = np.ones(capacity, dtype=np.int32)
+        self.seq = np.zeros(capacity, dtype=np.int32)
+        self.logits = np.zeros(capacity, dtype=np.int8)
+        ptr_t = ctypes.POINTER(ctypes.c_int32)
+        base = self.seq.ctypes.data
+        self._seq_ptrs = (ptr_t * capacity)(*[ctypes.cast(base + 4 * i, ptr_t) for i in range(capacity)])
+        self.struct = ll.llama_batch()
+        self.struct.token = self.token.ctypes.data_as(ptr_t)
+        self.struct.embd = ctypes.POINTER(ctypes.c_float)()
+        self.struct.pos = self.pos.ctypes.data_as(ptr_t)
+        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ptr_t)
+        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(ptr_t))
+        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add_one(self, token: int, pos: int, seq: int) -> int:
+        """Append one token that wants logits (the generation fast path)."""
+        n = self.n
+        self.token[n] = token
+        self.pos[n] = pos
+        self.seq[n] = seq
+        self.logits[n] = 1
+        self.n = n + 1
+        return n
+
+    def add(self, tokens: list[int], pos0: int, seq: int, want_last: bool) -> int:
+        """Append tokens of one sequence; returns the batch index of the last one."""
+        n, k = self.n, len(tokens)
+        self.token[n : n + k] = tokens
+        self.pos[n : n + k] = np.arange(pos0, pos0 + k, dtype=np.int32)
+        self.seq[n : n + k] = seq
+        self.logits[n : n + k] = 0
+        if want_last:
+            self.logits[n + k - 1] = 1
+        self.n = n + k
+        return n + k - 1
+
+
+class LlamaModel:
+    """The model, vocab and main context of one runner process."""
+
+    def __init__(self, path: str, cfg: ContextConfig, *, use_mmap: bool = True, lora: list[str] | None = None):
+        ll.llama_backend_init()
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.use_mmap = use_mmap
+        model = ll.llama_model_load_from_file(path.encode(), mparams)
+        if not model:
+            raise CorralError(f"unable to load model: {path}")
+        self.model = model
+        self.vocab = ll.llama_model_get_vocab(model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self.vocab))
+        self.n_embd = int(ll.llama_model_n_embd(model))
+        self.n_ctx_train = int(ll.llama_model_n_ctx_train(model))
+        self.add_bos = bool(ll.llama_vocab_get_add_bos(self.vocab))
+        self.cfg = cfg
+        self.ctx = self._new_context(cfg, pooling=-1)
+        if cfg.embedding and ll.llama_pooling_type(self.ctx) == ll.LLAMA_POOLING_TYPE_NONE:
+            ll.llama_free(self.ctx)
+            self.ctx = self._new_context(cfg, pooling=ll.LLAMA_POOLING_TYPE_MEAN)
+        self._loras: list[Any] = []
+        if lora:
+            self._apply_loras(lora)
+        self.mem = ll.llama_get_memory(self.ctx)
+        self.batch = Batch(cfg.n_batch)
+        self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
+        self._embed_ctx: Any = None
+        self._embed_cfg: ContextConfig | None = None
+
+    def _new_context(self, cfg: ContextConfig, *, pooling: int) -> Any:
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = cfg.n_ctx
+        cp.n_batch = cfg.n_batch
+        cp.n_ubatch = cfg.n_batch if cfg.embedding else min(cfg.n_batch, 512)
+        cp.n_seq_max = cfg.n_seq
+        cp.n_threads = cfg.threads
+        cp.n_threads_batch = cfg.threads
+        cp.kv_unified = cfg.kv_unified
+        cp.embeddings = cfg.embedding
+        cp.pooling_type = pooling
+        cp.flash_attn_type = FLASH.get(cfg.flash_attn, -1)
+        cp.type_k = cp.type_v = KV_TYPES.get(cfg.kv_cache_type, ll.GGML_TYPE_F16)
+        cp.no_perf = True
+        ctx = ll.llama_init_from_model(self.model, cp)
+        if not ctx:
+            raise CorralError("unable to create llama context (out of memory?)")
+        return ctx
+
+    def _apply_loras(self, paths: list[str]) -> None:
+        for p in paths:
+            adapter = ll.llama_adapter_lora_init(self.model, p.encode())
+            if not adapter:
+                raise CorralError(f"unable to load LoRA adapter: {p}")
+            self._loras.append(adapter)
+        arr = (ll.llama_adapter_lora_p_ctypes * len(self._loras))(*self._loras)
+        scales = (ctypes.c_float * len(self._loras))(*([1.0] * len(self._loras)))
+        ll.llama_set_adapters_lora(self.ctx, arr, len(self._loras), scales)
+
+    # --- vocabulary -----------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        data = text.encode()
+        cap = len(data) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+        if n < 0:
+            cap = -n
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, True)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        key = token if not special else -token - 1
+        got = self._pieces.get(key)
+        if got is None:
+            buf = ctypes.create_string_buffer(64)
+            n = ll.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = ll.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+            got = buf.raw[:n]
+            self._pieces[key] = got
+        return got
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t, special=True) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        got = self._eog.get(token)
+        if got is None:
+            got = self._eog[token] = bool(ll.llama_vocab_is_eog(self.vocab, token))
+        return got
+
+    # --- decoding ---------------------------------------------------------------------------
+    def decode(self) -> int:
+        return int(ll.llama_decode(self.ctx, self.batch.struct))
+
+    def logits(self, i: int) -> npt.NDArray[np.float32]:
+        ptr = ll.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    # --- memory -----------------------------------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(ll.llama_memory_seq_rm(self.mem, seq, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, n: int) -> None:
+        """Give `dst` the first `n` positions of `src` (dst must be empty).
+
+        Unified cache: the cells are shared (metadata only). Per-sequence streams: llama.cpp
+        copies the whole stream buffer at the next decode, then the tail is dropped.
+        """
+        if self.cfg.kv_unified:
+            ll.llama_memory_seq_cp(self.mem, src, dst, 0, n)
+        else:
+            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+            ll.llama_memory_seq_rm(self.mem, dst, n, -1)
+
+    def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        ll.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
+
+    def can_shift(self) -> bool:
+        return bool(ll.llama_memory_can_shift(self.mem))
+
+    # --- embeddings -------------------------------------------------------------------------
+    def embed_one(self, tokens: list[int]) -> list[float]:
+        """Pooled embedding of one token list on the embedding context (created lazily)."""
+        ctx = self._embedding_context(len(tokens))
+        ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+        b = Batch(len(tokens))
+        b.add(tokens, 0, 0, want_last=True)
+        b.logits[: b.n] = 1
+        b.struct.n_tokens = b.n
+        rc = ll.llama_decode(ctx, b.struct)
+        if rc != 0:
+            raise CorralError(f"embedding decode failed ({rc})")
+        ptr = ll.llama_get_embeddings_seq(ctx, 0)
+        if not ptr:
+            raise CorralError("the model produced no pooled embedding")
+        return [float(x) for x in np.ctypeslib.as_array(ptr, shape=(self.n_embd,))]
+
+    def _embedding_context(self, n_tokens: int) -> Any:
+        if self.cfg.embedding:
+            return self.ctx
+        if self._embed_ctx is None:
+            size = max(self.cfg.n_ctx // max(self.cfg.n_seq, 1), 64)
+            self._embed_cfg = ContextConfig(
+                n_ctx=size,
+                n_seq=1,
+                n_batch=size,
+                threads=self.cfg.threads,
+                embedding=True,
+                flash_attn=self.cfg.flash_attn,
+            )
+            self._embed_ctx = self._new_context(self._embed_cfg, pooling=ll.LLAMA_POOLING_TYPE_MEAN)
+        return self._embed_ctx
+
+    def close(self) -> None:
+        if self._embed_ctx is not None:
+            ll.llama_free(self._embed_ctx)
+            self._embed_ctx = None
+        ll.llama_free(self.ctx)
+        ll.llama_model_free(self.model)

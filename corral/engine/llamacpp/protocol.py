@@ -1,0 +1,107 @@
+"""The wire protocol between a runner process and its parent (newline-delimited JSON).
+
+One Unix-socket connection per request; closing it cancels the request. The first line a client
+sends is the request, `{"op": <op>, ...}` with op one of generate, embed, tokenize, detokenize,
+status, health, shutdown. A generate request streams `{"text", "logprobs"?}` events and ends with
+`{"done": true, "done_reason", "metrics"}`; other ops answer with one JSON object. Any failure is
+`{"error": {"status", "message"}}`. This module owns the encoding of requests/events to and from
+the dataclasses of `corral.engine.base`; it does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import Any
+
+from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob, TopLogprob
+from corral.errors import CorralError, error_from_status
+from corral.schemas.options import SampleOptions
+
+OPS = frozenset({"generate", "embed", "tokenize", "detokenize", "status", "health", "shutdown"})
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise CorralError(f"runner protocol error: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CorralError("runner protocol error: expected a JSON object")
+    return obj
+
+
+def generate_request(params: GenerateParams) -> dict[str, Any]:
+    opts = asdict(params.options)
+    opts["stop"] = list(params.options.stop)
+    return {
+        "op": "generate",
+        "prompt": params.prompt,
+        "options": opts,
+        "grammar": params.grammar,
+        "logprobs": params.logprobs,
+        "top_logprobs": params.top_logprobs,
+        "truncate": params.truncate,
+        "shift": params.shift,
+    }
+
+
+def parse_generate(req: dict[str, Any]) -> GenerateParams:
+    known = {f.name for f in fields(SampleOptions)}
+    raw = {k: v for k, v in dict(req.get("options") or {}).items() if k in known}
+    if "stop" in raw:
+        raw["stop"] = tuple(raw["stop"])
+    return GenerateParams(
+        prompt=str(req.get("prompt", "")),
+        options=SampleOptions(**raw),
+        grammar=req.get("grammar"),
+        logprobs=bool(req.get("logprobs", False)),
+        top_logprobs=int(req.get("top_logprobs", 0)),
+        truncate=bool(req.get("truncate", True)),
+        shift=bool(req.get("shift", True)),
+    )
+
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, CorralError):
+        return {"error": {"status": exc.status, "message": exc.message}}
+    return {"error": {"status": 500, "message": f"{type(exc).__name__}: {exc}"}}
+
+
+def raise_if_error(event: dict[str, Any]) -> None:
+    err = event.get("error")
+    if err is not None:
+        raise error_from_status(int(err.get("status", 500)), str(err.get("message", "runner error")))
+
+
+def _logprob_from(d: dict[str, Any]) -> TokenLogprob:
+    return TokenLogprob(
+        token=d["token"],
+        logprob=d["logprob"],
+        bytes=list(d.get("bytes", [])),
+        top_logprobs=[TopLogprob(**t) for t in d.get("top_logprobs", [])],
+    )
+
+
+def chunk_from_event(event: dict[str, Any]) -> Chunk:
+    """Turn one generate event into a Chunk (errors raise their CorralError class)."""
+    raise_if_error(event)
+    logprobs = [_logprob_from(d) for d in event.get("logprobs", [])]
+    if event.get("done"):
+        m = event.get("metrics") or {}
+        return Chunk(
+            text=event.get("text", ""),
+            logprobs=logprobs,
+            done=True,
+            done_reason=event.get("done_reason"),
+            metrics=Metrics(**m),
+        )
+    return Chunk(text=event.get("text", ""), logprobs=logprobs)
+
+
+def logprob_dict(lp: TokenLogprob) -> dict[str, Any]:
+    return asdict(lp)

@@ -1,0 +1,202 @@
+"""Entry point of a runner child process: `python -m corral.engine.llamacpp.runner --model ...`.
+
+Owns process start-up (argument parsing, model load, the batching thread) and the Unix-socket
+server speaking `protocol.py`. The asyncio main thread does only socket I/O; the one model thread
+runs `BatchLoop` and reports back through `loop.call_soon_threadsafe`. Prints one JSON line
+`{"ready": true, ...}` to stdout once the model is loaded; on a load failure it prints the reason
+to stderr and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import sys
+import threading
+from typing import Any
+
+from corral.errors import BadRequestError, CorralError
+
+from . import protocol as proto
+from .batch import BatchLoop
+from .model import ContextConfig, LlamaModel
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="corral-runner")
+    p.add_argument("--model", required=True)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--num-ctx", type=int, default=4096)
+    p.add_argument("--num-parallel", type=int, default=1)
+    p.add_argument("--num-batch", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--embedding", action="store_true")
+    p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
+    p.add_argument("--kv-cache-type", choices=["f16", "q8_0", "q4_0"], default="f16")
+    p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
+    p.add_argument("--lora", action="append", default=[])
+    return p.parse_args(argv)
+
+
+class RunnerServer:
+    """Socket side of the runner: one connection per request."""
+
+    def __init__(self, model: LlamaModel, loop: BatchLoop, *, embedding: bool, num_ctx: int) -> None:
+        self.model = model
+        self.batch = loop
+        self.embedding = embedding
+        self.num_ctx = num_ctx
+        self.ids = itertools.count(1)
+        self.done = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            req = proto.decode(line)
+            op = req.get("op")
+            if op == "generate":
+                await self._generate(req, reader, writer)
+            elif op == "health":
+                await self._send(writer, {"status": "ok"})
+            elif op == "shutdown":
+                await self._send(writer, {"status": "ok"})
+                self.done.set()
+            elif op in proto.OPS:
+                await self._send(writer, await self._call(self._sync_op(req)))
+            else:
+                await self._send(writer, proto.error_event(BadRequestError(f"unknown op {op!r}")))
+        except (ConnectionError, CorralError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _send(self, writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+        writer.write(proto.encode(obj))
+        await writer.drain()
+
+    def _sync_op(self, req: dict[str, Any]) -> Any:
+        op = req["op"]
+        m = self.model
+        if op == "tokenize":
+            return lambda: {"tokens": m.tokenize(str(req.get("text", "")), add_special=False)}
+        if op == "detokenize":
+            return lambda: {"text": m.detokenize([int(t) for t in req.get("tokens", [])])}
+        if op == "status":
+            return self.batch.status
+        return lambda: self._embed([str(x) for x in req.get("inputs", [])], bool(req.get("truncate", True)))
+
+    def _embed(self, inputs: list[str], truncate: bool) -> dict[str, Any]:
+        out: list[list[float]] = []
+        count = 0
+        for text in inputs:
+            tokens = self.model.tokenize(text)
+            if len(tokens) > self.num_ctx:
+                if not truncate:
+                    raise BadRequestError("the input length exceeds the context length")
+                tokens = tokens[: self.num_ctx]
+            count += len(tokens)
+            out.append(self.model.embed_one(tokens))
+        return {"embeddings": out, "prompt_eval_count": count}
+
+    async def _call(self, fn: Any) -> dict[str, Any]:
+        aloop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = aloop.create_future()
+
+        def settle(ev: dict[str, Any]) -> None:
+            if not fut.done():
+                fut.set_result(ev)
+
+        self.batch.submit(("call", fn, settle))
+        return await fut
+
+    async def _generate(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.embedding:
+            await self._send(writer, proto.error_event(BadRequestError("this model does not support generate")))
+            return
+        params = proto.parse_generate(req)
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        rid = next(self.ids)
+        self.batch.submit(("generate", rid, params, events.put_nowait))
+        eof = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                get = asyncio.ensure_future(events.get())
+                await asyncio.wait({get, eof}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    break
+                ev = get.result()
+                writer.write(proto.encode(ev))
+                await writer.drain()
+                if ev.get("done") or "error" in ev:
+                    return
+        finally:
+            eof.cancel()
+        self.batch.submit(("cancel", rid))
+
+
+async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) -> None:
+    server = RunnerServer(model, loop, embedding=args.embedding, num_ctx=args.num_ctx)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(args.socket)
+    aloop = asyncio.get_running_loop()
+
+    def deliver(items: list[tuple[Any, dict[str, Any]]]) -> None:
+        for emit, ev in items:
+            emit(ev)
+
+    def dispatch(items: list[tuple[Any, dict[str, Any]]]) -> None:
+        aloop.call_soon_threadsafe(deliver, items)
+
+    loop.dispatch = dispatch
+    srv = await asyncio.start_unix_server(server.handle, path=args.socket)
+    ready = {"ready": True, "pid": os.getpid(), "n_embd": model.n_embd, "n_ctx_train": model.n_ctx_train}
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    async with srv:
+        await server.done.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    threads = args.threads if args.threads > 0 else max(os.cpu_count() or 1, 1)
+    parallel = 1 if args.embedding else max(args.num_parallel, 1)
+    cfg = ContextConfig(
+        n_ctx=args.num_ctx * parallel,
+        n_seq=parallel,
+        n_batch=min(args.num_batch, args.num_ctx * parallel) if not args.embedding else args.num_ctx,
+        threads=threads,
+        embedding=args.embedding,
+        flash_attn=args.flash_attn,
+        kv_cache_type=args.kv_cache_type,
+        kv_unified=args.kv_unified,
+    )
+    try:
+        model = LlamaModel(args.model, cfg, use_mmap=not args.no_mmap, lora=args.lora)
+    except CorralError as exc:
+        print(f"error loading model: {exc}", file=sys.stderr, flush=True)
+        return 1
+    loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel)
+    thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
+    thread.start()
+    try:
+        asyncio.run(serve(args, model, loop))
+    finally:
+        loop.submit(("stop",))
+        thread.join(timeout=10)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Per-sequence token sampling: llama.cpp sampler chains, a greedy fast path, and logprobs.
+
+Owns the translation of `SampleOptions` (+ optional GBNF grammar) into a llama.cpp sampler chain in
+llama.cpp's common order (grammar → penalties → top_k → typical → top_p → min_p → temp → dist;
+temperature 0 → greedy), and the log-softmax used for `logprobs`. Does not decide when a sequence
+stops; see `batch.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+import numpy.typing as npt
+
+from corral.engine.base import TokenLogprob, TopLogprob
+from corral.errors import BadRequestError
+from corral.schemas.options import SampleOptions
+
+from .model import LlamaModel
+
+
+def _penalties_active(o: SampleOptions) -> bool:
+    return o.repeat_last_n != 0 and (o.repeat_penalty != 1.0 or o.presence_penalty != 0.0 or o.frequency_penalty != 0.0)
+
+
+class SeqSampler:
+    """The sampler of one sequence. Call `free()` when the sequence ends."""
+
+    def __init__(self, model: LlamaModel, opts: SampleOptions, *, grammar: str | None, num_ctx: int):
+        self.model = model
+        self.chain: Any = None
+        self._penalties: Any = None
+        greedy = opts.temperature <= 0
+        if greedy and not grammar and not _penalties_active(opts):
+            return  # numpy argmax over the logits, no chain
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        self.chain = chain
+        if grammar:
+            g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not g:
+                self.free()
+                raise BadRequestError("invalid grammar")
+            ll.llama_sampler_chain_add(chain, g)
+        if _penalties_active(opts):
+            last_n = num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
+            self._penalties = ll.llama_sampler_init_penalties(
+                model.n_vocab, last_n, opts.repeat_penalty, opts.frequency_penalty, opts.presence_penalty
+            )
+            ll.llama_sampler_chain_add(chain, self._penalties)
+        if greedy:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return
+        add = ll.llama_sampler_chain_add
+        if opts.top_k > 0:
+            add(chain, ll.llama_sampler_init_top_k(opts.top_k))
+        if opts.typical_p < 1.0:
+            add(chain, ll.llama_sampler_init_typical(opts.typical_p, 1))
+        if opts.top_p < 1.0:
+            add(chain, ll.llama_sampler_init_top_p(opts.top_p, 1))
+        if opts.min_p > 0.0:
+            add(chain, ll.llama_sampler_init_min_p(opts.min_p, 1))
+        add(chain, ll.llama_sampler_init_temp(opts.temperature))
+        seed = ll.LLAMA_DEFAULT_SEED if opts.seed < 0 else opts.seed & 0xFFFFFFFF
+        add(chain, ll.llama_sampler_init_dist(seed))
+
+    def accept_prompt(self, tokens: list[int]) -> None:
+        """Feed prompt tokens to the repetition penalties (not to the grammar)."""
+        if self._penalties is not None:
+            for t in tokens:
+                ll.llama_sampler_accept(self._penalties, t)
+
+    def sample(self, idx: int) -> int:
+        if self.chain is None:
+            return int(np.argmax(self.model.logits(idx)))
+        return int(ll.llama_sampler_sample(self.chain, self.model.ctx, idx))
+
+    def free(self) -> None:
+        if self.chain is not None:
+            ll.llama_sampler_free(self.chain)
+            self.chain = None
+            self._penalties = None
+
+
+def log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    x = logits.astype(np.float64)
+    m = float(np.max(x))
+    return x - (m + math.log(float(np.sum(np.exp(x - m)))))
+
+
+def token_logprob(model: LlamaModel, idx: int, token: int, top_n: int) -> TokenLogprob:
+    """Logprob of the sampled token under the raw logits, plus the top `top_n` alternatives."""
+    lp = log_softmax(model.logits(idx))
+
+    def text_of(t: int) -> tuple[str, list[int]]:
+        raw = model.piece(t)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    text, raw = text_of(token)
+    tops: list[TopLogprob] = []
+    if top_n > 0:
+        n = min(top_n, lp.shape[0])
+        cand = np.argpartition(-lp, n - 1)[:n]
+        for t in cand[np.argsort(-lp[cand], kind="stable")]:
+            ttext, traw = text_of(int(t))
+            tops.append(TopLogprob(token=ttext, logprob=float(lp[t]), bytes=traw))
+    return TokenLogprob(token=text, logprob=float(lp[token]), bytes=raw, top_logprobs=tops)
