@@ -30,6 +30,9 @@ from .sampling import SeqSampler, token_logprob
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
+# A new prompt sharing at least this many more tokens with a sequence still being prefilled waits
+# for that prefill and copies the computed prefix instead of computing it a second time.
+SHARE_MIN_TOKENS = 32
 
 
 @dataclass
@@ -180,16 +183,30 @@ class BatchLoop:
 
     # --- admission ------------------------------------------------------------------------
     def _seat_waiting(self) -> None:
+        deferred: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         while self.waiting:
-            rid, params, emit, tokens = self.waiting[0]
+            rid, params, emit, tokens = self.waiting.popleft()
             plan = sl.plan_slot(self.slots, tokens)
             if plan is None:
-                return
-            self.waiting.popleft()
+                self.waiting.appendleft((rid, params, emit, tokens))
+                break
+            if self._prefix_in_flight(tokens) >= plan.reused + SHARE_MIN_TOKENS:
+                deferred.append((rid, params, emit, tokens))  # copy it once computed
+                continue
             try:
                 self._seat(rid, params, emit, tokens, plan)
             except CorralError as exc:
                 self._send(emit, error_event(exc))
+        self.waiting.extendleft(reversed(deferred))
+
+    def _prefix_in_flight(self, tokens: list[int]) -> int:
+        """Longest prefix of `tokens` that an active sequence is still prefilling."""
+        limit = len(tokens) - 1
+        best = 0
+        for seq in self.active.values():
+            if seq.next_token is None:
+                best = max(best, min(sl.common_prefix(seq.tokens[: seq.n_prompt], tokens), limit))
+        return best
 
     def _seat(self, rid: int, params: GenerateParams, emit: Emit, tokens: list[int], plan: sl.SlotPlan) -> None:
         slot = self.slots[plan.slot]
