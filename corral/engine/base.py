@@ -47,6 +47,7 @@ class GenerateParams:
     top_logprobs: int = 0
     truncate: bool = True
     shift: bool = True
+    ignore_eos: bool = False  # llama.cpp's extension: never sample end-of-generation tokens
 
 
 @dataclass

@@ -189,6 +189,7 @@ class GenerateRequest(WireModel):
     logprobs: bool = False
     top_logprobs: int = 0
     debug_render_only: bool = Field(default=False, alias="_debug_render_only")
+    ignore_eos: bool = False  # corral extension (llama.cpp's): generate through end-of-sequence
 
 
 class ChatRequest(WireModel):
@@ -201,6 +202,7 @@ class ChatRequest(WireModel):
     # corral extension (Ollama has none): "none" | "auto" | "required" | {"type": "function",
     # "function": {"name": ...}}; "required" and a named function constrain decoding to a tool call.
     tool_choice: Any = None
+    ignore_eos: bool = False  # corral extension (llama.cpp's): generate through end-of-sequence
     options: dict[str, Any] | None = None
     think: Any = None
     truncate: bool | None = None

@@ -107,6 +107,7 @@ def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, ima
         top_logprobs=req.top_logprobs,
         truncate=req.truncate is not False,
         shift=req.shift is not False,
+        ignore_eos=req.ignore_eos,
     )
 
 

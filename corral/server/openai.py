@@ -54,7 +54,7 @@ EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low",
                                    "high": "high", "max": "max", "xhigh": "max", "ultra": "max"}
 _DATA_URI = re.compile(r"^data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL)
 MAX_N = 16
-CTX_FIELDS = frozenset({"num_ctx", "options"})
+CTX_FIELDS = frozenset({"num_ctx", "options", "ignore_eos"})
 
 
 # Request translation ----------------------------------------------------------------------------
@@ -204,6 +204,7 @@ def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
         "logprobs": bool(req.logprobs) or top > 0,
         "top_logprobs": top,
         "_debug_render_only": req.debug_render_only,
+        "ignore_eos": bool((req.model_extra or {}).get("ignore_eos", False)),
     })
 
 

@@ -137,3 +137,14 @@ def test_keep_alive_expiry_unloads(http: httpx.Client) -> None:
         time.sleep(0.25)
     assert not any(m["name"] == MODEL for m in http.get("/api/ps").json()["models"])
     assert generate(http, "hello", num_predict=2)["done"]  # loads again on demand
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_ignore_eos_generates_exactly_num_predict_tokens(http: httpx.Client, temperature: float) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "stream": False,
+            "ignore_eos": True, "options": {"num_predict": 80, "temperature": temperature, "seed": 3}}
+    r = http.post("/api/chat", json=body).json()
+    assert r["eval_count"] == 80 and r["done_reason"] == "length"
+    v1 = http.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 40, "ignore_eos": True,
+                                                 "messages": [{"role": "user", "content": "Say hi."}]}).json()
+    assert v1["usage"]["completion_tokens"] == 40 and v1["choices"][0]["finish_reason"] == "length"

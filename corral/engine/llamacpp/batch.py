@@ -222,7 +222,7 @@ class BatchLoop:
             slot.cached = slot.cached[: plan.keep]
         n_past = len(slot.cached)
         opts = params.options
-        sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx)
+        sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx, ignore_eos=params.ignore_eos)
         if opts.repeat_last_n != 0:
             last_n = self.num_ctx if opts.repeat_last_n < 0 else opts.repeat_last_n
             sampler.accept_prompt(tokens[-last_n:])

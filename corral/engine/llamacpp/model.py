@@ -119,6 +119,7 @@ class LlamaModel:
         self.batch = Batch(cfg.n_batch)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._eog_all: list[int] | None = None
         self._embed_ctx: Any = None
         self._embed_cfg: ContextConfig | None = None
 
@@ -186,6 +187,12 @@ class LlamaModel:
         return got
 
     # --- decoding ---------------------------------------------------------------------------
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token id (scanned once, then cached)."""
+        if self._eog_all is None:
+            self._eog_all = [t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)]
+        return self._eog_all
+
     def decode(self) -> int:
         return int(ll.llama_decode(self.ctx, self.batch.struct))
 

@@ -45,6 +45,7 @@ def generate_request(params: GenerateParams) -> dict[str, Any]:
         "grammar": params.grammar,
         "logprobs": params.logprobs,
         "top_logprobs": params.top_logprobs,
+        "ignore_eos": params.ignore_eos,
         "truncate": params.truncate,
         "shift": params.shift,
     }
@@ -61,6 +62,7 @@ def parse_generate(req: dict[str, Any]) -> GenerateParams:
         grammar=req.get("grammar"),
         logprobs=bool(req.get("logprobs", False)),
         top_logprobs=int(req.get("top_logprobs", 0)),
+        ignore_eos=bool(req.get("ignore_eos", False)),
         truncate=bool(req.get("truncate", True)),
         shift=bool(req.get("shift", True)),
     )

@@ -29,15 +29,24 @@ def _penalties_active(o: SampleOptions) -> bool:
 class SeqSampler:
     """The sampler of one sequence. Call `free()` when the sequence ends."""
 
-    def __init__(self, model: LlamaModel, opts: SampleOptions, *, grammar: str | None, num_ctx: int):
+    def __init__(self, model: LlamaModel, opts: SampleOptions, *, grammar: str | None, num_ctx: int,
+                 ignore_eos: bool = False):
         self.model = model
         self.chain: Any = None
         self._penalties: Any = None
+        self._banned = model.eog_tokens() if ignore_eos else []
         greedy = opts.temperature <= 0
         if greedy and not grammar and not _penalties_active(opts):
             return  # numpy argmax over the logits, no chain
         chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
         self.chain = chain
+        if self._banned:
+            biases = (ll.llama_logit_bias * len(self._banned))(
+                *[ll.llama_logit_bias(token=t, bias=-math.inf) for t in self._banned]
+            )
+            ll.llama_sampler_chain_add(
+                chain, ll.llama_sampler_init_logit_bias(model.n_vocab, len(self._banned), biases)
+            )
         if grammar:
             g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
             if not g:
@@ -74,7 +83,10 @@ class SeqSampler:
 
     def sample(self, idx: int) -> int:
         if self.chain is None:
-            return int(np.argmax(self.model.logits(idx)))
+            logits = self.model.logits(idx)
+            if self._banned:
+                logits[self._banned] = -np.inf
+            return int(np.argmax(logits))
         return int(ll.llama_sampler_sample(self.chain, self.model.ctx, idx))
 
     def free(self) -> None:
