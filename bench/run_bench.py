@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,11 +56,23 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 
 class Peak:
-    """Samples the RSS of a process tree (server + runner children)."""
+    """Samples the RSS of a process tree (server + runner children) every 0.25 s in a thread."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
         self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.sample()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
     def sample(self) -> int:
         try:
@@ -125,22 +138,22 @@ def run_server(kind: str, scenarios: list[str], repeat: int, binary: str, model:
         httpx.post(f"http://127.0.0.1:{port}/api/pull", json={"model": "smollm2:135m", "stream": False},
                    timeout=300, trust_env=False)
         name = "smollm2:135m"
-    peak = Peak(proc.pid)
-    idle_rss = peak.sample()
+    idle_rss = Peak(proc.pid)
+    idle = idle_rss.sample()
+    idle_rss.stop()
     load_started = time.monotonic()
     if kind == "corral":
         httpx.post(f"http://127.0.0.1:{port}/api/generate", json={"model": name}, timeout=120, trust_env=False)
     load_s = time.monotonic() - load_started
     results: dict[str, object] = {"startup_s": time.monotonic() - started, "load_s": load_s,
-                                  "rss_no_model": idle_rss}
+                                  "rss_no_model": idle}
+    peak = Peak(proc.pid)
     try:
         for scenario in scenarios:
             out = loadgen(f"http://127.0.0.1:{port}", name, scenario, kind, repeat, offset)
-            peak.sample()
             results[scenario] = str(out)
     finally:
-        peak.sample()
-        results["peak_rss"] = peak.peak
+        results["peak_rss"] = peak.stop()
         stop(proc)
         shutil.rmtree(home, ignore_errors=True)
     return results

@@ -97,6 +97,10 @@ class Scheduler:
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_loop(), name="corral-reaper")
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def shutdown(self) -> None:
         self._stopping = True
         if self._reaper is not None:

@@ -5,9 +5,11 @@ This is the edge: the only place besides `Settings.from_env` that knows how the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -82,7 +84,7 @@ def run_server(cfg: Settings) -> None:
     ssl: dict[str, str] = {}
     if cfg.tls_cert and cfg.tls_key:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=url.bind_host,
         port=url.port,
@@ -93,3 +95,22 @@ def run_server(cfg: Settings) -> None:
         http=deadline_protocol(cfg.header_timeout_seconds),
         **ssl,  # type: ignore[arg-type]
     )
+    CorralServer(config, app.state.ctx.scheduler).run()
+
+
+class CorralServer(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT first stop the scheduler: open streams end at once with an
+    error line and the runner processes exit, instead of streams being cut after the grace period."""
+
+    def __init__(self, config: uvicorn.Config, scheduler: Scheduler | None) -> None:
+        super().__init__(config)
+        self.scheduler = scheduler
+        self._stopping_scheduler = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.scheduler is not None and not self._stopping_scheduler:
+            self._stopping_scheduler = True
+            scheduler = self.scheduler
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(scheduler.shutdown()))
+        super().handle_exit(sig, frame)

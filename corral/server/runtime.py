@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.durations import keep_alive_seconds
 from corral.engine.base import LoadSpec, Runner
-from corral.errors import BadRequestError, ModelNotFoundError
+from corral.errors import BadRequestError, CorralError, ModelNotFoundError, RunnerStoppedError
 from corral.gguf import GGUFInfo
 from corral.names import ModelName
 from corral.scheduler import ModelRef, Scheduler
@@ -110,8 +110,14 @@ def scheduler_of(ctx: AppContext) -> Scheduler:
 async def leased(ctx: AppContext, job: Job) -> AsyncIterator[tuple[Runner, int]]:
     """A runner for the job plus the nanoseconds spent getting it (load_duration)."""
     started = time.monotonic_ns()
-    async with scheduler_of(ctx).lease(job.ref, job.keep_alive) as runner:
-        yield runner, time.monotonic_ns() - started
+    scheduler = scheduler_of(ctx)
+    async with scheduler.lease(job.ref, job.keep_alive) as runner:
+        try:
+            yield runner, time.monotonic_ns() - started
+        except RunnerStoppedError:
+            if scheduler.stopping:
+                raise CorralError("server is shutting down", status=503) from None
+            raise
 
 
 def require(job: Job, capability: str, message: str) -> None:

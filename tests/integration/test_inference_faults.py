@@ -187,3 +187,24 @@ def test_one_shot_run_with_piped_stdin_and_verbose(small_server: ServerProcess) 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     assert "eval rate:" in proc.stderr and "prompt eval count:" in proc.stderr
+
+
+def test_sigterm_ends_streams_with_an_error_line_and_stops_runners(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home", {"CORRAL_NUM_PARALLEL": "2"}).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as c:
+            assert c.post("/api/pull", json={"model": MODEL, "stream": False}).status_code == 200
+            with c.stream("POST", "/api/generate", json={"model": MODEL, "prompt": "Tell a long story.",
+                                                         "options": {"num_predict": 4000}}) as r:
+                lines = r.iter_lines()
+                next(lines)
+                runners = runner_pids(server)
+                assert runners and server.proc is not None
+                os.kill(server.proc.pid, signal.SIGTERM)
+                rest = [json.loads(line) for line in lines if line]
+        assert rest[-1] == {"error": "server is shutting down"}
+        assert server.proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                       for pid in runners)
+    finally:
+        server.stop()
