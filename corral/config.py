@@ -130,6 +130,8 @@ class Settings(BaseModel):
     origins: str = Field("", description="extra CORS origins, comma separated")
     flash_attention: bool | None = Field(None, description="force flash attention on/off")
     kv_cache_type: str = Field("", description="f16 (default), q8_0 or q4_0")
+    kv_unified: bool = Field(False, description="one KV buffer for all sequences: faster batches, "
+                             "but a sequence's output may differ slightly with what runs beside it")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest JSON body in bytes")
     api_key: str | None = Field(None, description="API key the client sends")
     allow_unauthenticated: bool = Field(False, description="allow a public bind without auth")
@@ -148,7 +150,7 @@ class Settings(BaseModel):
     header_timeout: str = Field("10s", description="time a client has to send request headers/body")
     editor: str = Field("", description="editor for Ctrl+G in the REPL")
 
-    @field_validator("noprune", "nohistory", "allow_unauthenticated", mode="before")
+    @field_validator("noprune", "nohistory", "allow_unauthenticated", "kv_unified", mode="before")
     @classmethod
     def _go_bool(cls, value: object) -> bool:
         return parse_env_bool(value)

@@ -27,6 +27,7 @@ class LoadSpec:
     adapters: tuple[Path, ...] = ()
     flash_attention: bool | None = None
     kv_cache_type: str = ""
+    kv_unified: bool = False  # one KV buffer shared by all sequences (faster; not batch-invariant)
 
 
 @dataclass

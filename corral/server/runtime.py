@@ -82,6 +82,7 @@ async def resolve_job(
         adapters=tuple(model.adapters),
         flash_attention=ctx.settings.flash_attention,
         kv_cache_type=ctx.settings.kv_cache_type,
+        kv_unified=ctx.settings.kv_unified,
     )
     short = model.name.display_shortest()
     details = model_details(model).dump()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from corral.errors import CorralError
+
+from .threadpool import Threadpool
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class ContextConfig:
     flash_attn: str = "auto"
     kv_cache_type: str = "f16"
     kv_unified: bool = False
+    threadpool: bool = True
 
 
 class Batch:
@@ -115,6 +119,9 @@ class LlamaModel:
         self._loras: list[Any] = []
         if lora:
             self._apply_loras(lora)
+        self.threadpool = Threadpool(cfg.threads or os.cpu_count() or 1) if cfg.threadpool else None
+        if self.threadpool is not None:
+            self.threadpool.attach(self.ctx)
         self.mem = ll.llama_get_memory(self.ctx)
         self.batch = Batch(cfg.n_batch)
         self._pieces: dict[int, bytes] = {}
@@ -256,6 +263,8 @@ class LlamaModel:
         return self._embed_ctx
 
     def close(self) -> None:
+        if self.threadpool is not None:
+            self.threadpool.close()
         if self._embed_ctx is not None:
             ll.llama_free(self._embed_ctx)
             self._embed_ctx = None

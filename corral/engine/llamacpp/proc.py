@@ -66,6 +66,8 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
         argv += ["--flash-attn", "off"]  # measured ~17 % slower decode with FA on this CPU class
     if spec.kv_cache_type:
         argv += ["--kv-cache-type", spec.kv_cache_type]
+    if spec.kv_unified:
+        argv.append("--kv-unified")
     if o.use_mmap is False:
         argv.append("--no-mmap")
     for adapter in spec.adapters:

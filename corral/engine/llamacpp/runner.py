@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-parallel", type=int, default=1)
     p.add_argument("--num-batch", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-threadpool", action="store_true", help="let ggml create a pool per decode")
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
     p.add_argument("--kv-cache-type", choices=["f16", "q8_0", "q4_0"], default="f16")
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         flash_attn=args.flash_attn,
         kv_cache_type=args.kv_cache_type,
         kv_unified=args.kv_unified,
+        threadpool=not args.no_threadpool,
     )
     try:
         model = LlamaModel(args.model, cfg, use_mmap=not args.no_mmap, lora=args.lora)
