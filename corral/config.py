@@ -148,7 +148,6 @@ class Settings(BaseModel):
     rate_limit_tpm: int = Field(0, ge=0, description="tokens per minute per key; 0 = unlimited")
     stream_idle_timeout: str = Field("2m", description="drop a client that reads nothing for this long")
     header_timeout: str = Field("10s", description="time a client has to send request headers/body")
-    editor: str = Field("", description="editor for Ctrl+G in the REPL")
 
     @field_validator("noprune", "nohistory", "allow_unauthenticated", "kv_unified", mode="before")
     @classmethod
