@@ -60,10 +60,10 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
         argv.append("--embedding")
     if spec.flash_attention is not None:
         argv += ["--flash-attn", "on" if spec.flash_attention else "off"]
-    elif spec.kv_cache_type in ("q8_0", "q4_0"):
-        argv += ["--flash-attn", "auto"]  # a quantized V cache needs flash attention
     else:
-        argv += ["--flash-attn", "off"]  # measured ~17 % slower decode with FA on this CPU class
+        # llama.cpp decides, as llama-server's default does; measured on SmolLM2 / 2 cores
+        # (bench/runner_ab.py): +17 % at 1 sequence, +7 % at 4, +16 % at 8 over forcing it off
+        argv += ["--flash-attn", "auto"]
     if spec.kv_cache_type:
         argv += ["--kv-cache-type", spec.kv_cache_type]
     if spec.kv_unified:

@@ -128,6 +128,7 @@ class RunnerServer:
         rid = next(self.ids)
         self.batch.submit(("generate", rid, params, events.put_nowait))
         eof = asyncio.ensure_future(reader.read(1))
+        finished = False
         try:
             while True:
                 get = asyncio.ensure_future(events.get())
@@ -136,13 +137,15 @@ class RunnerServer:
                     get.cancel()
                     break
                 ev = get.result()
+                finished = bool(ev.get("done") or "error" in ev)
                 writer.write(proto.encode(ev))
                 await writer.drain()
-                if ev.get("done") or "error" in ev:
+                if finished:
                     return
         finally:
             eof.cancel()
-        self.batch.submit(("cancel", rid))
+            if not finished:  # the client went away (EOF, or a write to a closed socket failed)
+                self.batch.submit(("cancel", rid))
 
 
 async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) -> None:

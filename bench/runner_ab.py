@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""A/B: the runner with and without a persistent ggml threadpool, driven directly through the
-engine (no HTTP), SmolLM2, 2 threads, N concurrent greedy sequences of 128 tokens (ignore_eos).
+"""A/B of runner flags, driven directly through the engine (no HTTP, less noise): SmolLM2,
+2 threads, N concurrent greedy sequences of 128 tokens (ignore_eos). Variant A is the default
+runner; variant B appends `--variant` to the runner's arguments (default: `--no-threadpool`).
 
-    .venv/bin/python bench/threadpool_ab.py [--rounds 3] [--seqs 8]
+    .venv/bin/python bench/runner_ab.py [--rounds 3] [--seqs 8] [--variant "--flash-attn on"]
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from corral.schemas.options import LoadOptions, SampleOptions  # noqa: E402
 from tests.support import smollm2_path  # noqa: E402
 
 
-async def measure(pool: bool, seqs: int, tokens: int) -> float:
+async def measure(variant: list[str], seqs: int, tokens: int) -> float:
     original = proc.runner_argv
 
     def argv(*a: object, **k: object) -> list[str]:
-        out = original(*a, **k)  # type: ignore[arg-type]
-        return out if pool else [*out, "--no-threadpool"]
+        return [*original(*a, **k), *variant]  # type: ignore[arg-type]
 
     proc.runner_argv = argv  # type: ignore[assignment]
     engine = proc.LlamaCppEngine(log_dir=Path(tempfile.mkdtemp()))
@@ -60,15 +60,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seqs", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--variant", default="--no-threadpool")
     args = ap.parse_args()
-    results: dict[bool, list[float]] = {True: [], False: []}
+    variants = {"default": [], args.variant: args.variant.split()}
+    results: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
-        for pool in (False, True):
-            rate = asyncio.run(measure(pool, args.seqs, args.tokens))
-            results[pool].append(rate)
-            print(f"threadpool={pool!s:5} seqs={args.seqs} aggregate {rate:6.1f} tok/s", flush=True)
-    for pool in (False, True):
-        print(f"median threadpool={pool}: {statistics.median(results[pool]):.1f} tok/s")
+        for label, extra in variants.items():
+            rate = asyncio.run(measure(extra, args.seqs, args.tokens))
+            results[label].append(rate)
+            print(f"{label:>20} seqs={args.seqs} aggregate {rate:6.1f} tok/s", flush=True)
+    for label in variants:
+        print(f"median {label}: {statistics.median(results[label]):.1f} tok/s")
 
 
 if __name__ == "__main__":
