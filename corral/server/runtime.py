@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -72,7 +72,7 @@ async def resolve_job(
     resolved = ResolvedOptions.merge(
         model.params, options, default_num_ctx=ctx.settings.default_num_ctx
     )
-    resolved = _clamp_ctx(resolved, info)
+    resolved = _clamp_ctx(resolved, info, ctx.settings.num_thread)
     embedding = "embedding" in caps and "completion" not in caps
     spec = LoadSpec(
         model_path=model.model_path,
@@ -90,15 +90,14 @@ async def resolve_job(
     return Job(short, model, info, resolved, ref, caps, keep_alive_seconds(keep_alive))
 
 
-def _clamp_ctx(resolved: ResolvedOptions, info: GGUFInfo | None) -> ResolvedOptions:
-    from dataclasses import replace
-
+def _clamp_ctx(resolved: ResolvedOptions, info: GGUFInfo | None, default_threads: int = 0) -> ResolvedOptions:
+    """num_ctx within [4, the model's trained context]; num_thread 0 takes CORRAL_NUM_THREAD."""
     num_ctx = max(resolved.load.num_ctx, MIN_CTX)
     if info is not None and info.context_length:
         num_ctx = min(num_ctx, info.context_length)
-    if num_ctx == resolved.load.num_ctx:
-        return resolved
-    return ResolvedOptions(load=replace(resolved.load, num_ctx=num_ctx), sample=resolved.sample)
+    threads = resolved.load.num_thread or default_threads
+    load = replace(resolved.load, num_ctx=num_ctx, num_thread=threads)
+    return resolved if load == resolved.load else ResolvedOptions(load=load, sample=resolved.sample)
 
 
 def scheduler_of(ctx: AppContext) -> Scheduler:

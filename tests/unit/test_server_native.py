@@ -223,3 +223,15 @@ def test_streams_can_be_closed_early(env: Env) -> None:
         await asyncio.sleep(0.1)
         assert env.scheduler.loaded and next(iter(env.scheduler.loaded.values())).refcount == 0
     run(main())
+
+
+def test_corral_num_thread_is_the_default_runner_thread_count(tmp_path: Path) -> None:
+    env = Env(tmp_path, num_thread=3)
+
+    async def main() -> None:
+        async with env.client() as c:
+            await c.post("/api/generate", json={"model": "tiny", "stream": False})
+            assert env.engine.runners[-1].spec.options.num_thread == 3
+            await c.post("/api/generate", json={"model": "tiny", "stream": False, "options": {"num_thread": 1}})
+            assert env.engine.runners[-1].spec.options.num_thread == 1  # a request option wins (reload)
+    run(main())
