@@ -73,3 +73,11 @@ def test_keep_and_shift_arithmetic() -> None:
     assert keep_count(5000, True, 100) == 99
     assert shift_discard(2048, 5) == 1021
     assert shift_discard(2, 1) == 1
+
+
+def test_a_copy_must_save_at_least_min_copy_gain_tokens() -> None:
+    slots = [Slot(0, list(range(40)), busy=True), Slot(1, [0, 1, 2], last_used=3)]
+    small = plan_slot(slots, [*range(5), 99], min_copy_gain=32)  # donor would save only 2 tokens
+    assert small is not None and small.copy_from is None and small.keep == 3
+    big = plan_slot(slots, [*range(40), 99], min_copy_gain=32)  # donor saves 37
+    assert big is not None and big.copy_from == 0 and big.copy_len == 40

@@ -186,7 +186,7 @@ class BatchLoop:
         deferred: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         while self.waiting:
             rid, params, emit, tokens = self.waiting.popleft()
-            plan = sl.plan_slot(self.slots, tokens)
+            plan = sl.plan_slot(self.slots, tokens, SHARE_MIN_TOKENS)
             if plan is None:
                 self.waiting.appendleft((rid, params, emit, tokens))
                 break
@@ -252,18 +252,25 @@ class BatchLoop:
         batch.clear()
         outs: list[tuple[Sequence, int]] = []
         fed: list[tuple[Sequence, int]] = []
-        for seq in list(self.active.values()):
-            if seq.next_token is None:
+        # One pass in ascending seq_id order: with one KV stream per sequence, llama.cpp splits a
+        # batch whose sequences are out of order into several ubatches (measured: steps slowed from
+        # ~43 to ~57 ms at 8 sequences once slot reuse had shuffled the order).
+        ordered = sorted(self.active.values(), key=lambda q: q.slot.seq_id)
+        decoding = {id(q) for q in ordered if q.next_token is not None and (q.n_past < self.num_ctx or self._shift(q))}
+        reserved = len(decoding)
+        width = 0
+        for seq in ordered:
+            if seq.next_token is not None:
+                if id(seq) not in decoding:
+                    continue
+                idx = batch.add_one(seq.next_token, seq.n_past, seq.slot.seq_id)
+                outs.append((seq, idx))
+                fed.append((seq, 1))
+                reserved -= 1
+                width += 1
                 continue
-            if seq.n_past >= self.num_ctx and not self._shift(seq):
-                continue
-            idx = batch.add_one(seq.next_token, seq.n_past, seq.slot.seq_id)
-            outs.append((seq, idx))
-            fed.append((seq, 1))
-        width = len(outs)
-        budget = batch.capacity - batch.n
-        for seq in self.active.values():
-            if seq.next_token is not None or budget <= 0:
+            budget = batch.capacity - batch.n - reserved
+            if budget <= 0:
                 continue
             chunk = seq.tokens[seq.n_past : min(seq.n_prompt, seq.n_past + budget)]
             last = seq.n_past + len(chunk) == seq.n_prompt
@@ -271,7 +278,6 @@ class BatchLoop:
             fed.append((seq, len(chunk)))
             if last:
                 outs.append((seq, idx))
-            budget -= len(chunk)
         if batch.n == 0:
             return
         batch.struct.n_tokens = batch.n

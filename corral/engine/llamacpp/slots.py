@@ -50,12 +50,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def plan_slot(slots: list[Slot], prompt: list[int]) -> SlotPlan | None:
+def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0) -> SlotPlan | None:
     """Pick an idle slot for `prompt`; None when every slot is busy.
 
     The idle slot with the longest common prefix wins (ties: least recently used). If another
-    slot (busy or idle) holds a longer prefix, it is copied in instead (shared KV cells). At most
-    len(prompt)-1 tokens are reused so the last prompt token is always evaluated for logits.
+    slot (busy or idle) holds a prefix at least `min_copy_gain` tokens longer, it is copied in
+    instead. At most len(prompt)-1 tokens are reused so the last prompt token is always evaluated.
+    A copy is not free (with per-sequence KV streams it copies the whole stream and, measured,
+    slows later steps), so the batching loop only copies when it saves real prefill work.
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
@@ -73,7 +75,7 @@ def plan_slot(slots: list[Slot], prompt: list[int]) -> SlotPlan | None:
         if s is chosen:
             continue
         n = min(common_prefix(s.cached, prompt), limit)
-        if n > donor_len:
+        if n > donor_len and n >= own + max(min_copy_gain, 1):
             donor, donor_len = s, n
     if donor is not None:
         return SlotPlan(slot=chosen.seq_id, keep=0, copy_from=donor.seq_id, copy_len=donor_len)
