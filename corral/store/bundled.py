@@ -25,7 +25,7 @@ from corral.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 from corral.schemas.native import ProgressResponse
 from corral.store import gojson, media
 from corral.store.blobs import read_chunks
-from corral.store.manifests import ConfigV2, Layer, Manifest
+from corral.store.manifests import Layer, Manifest, config_from_gguf
 from corral.store.store import Store
 from corral.template.builtin import BuiltinTemplate, detect_template, get_builtin
 
@@ -222,16 +222,7 @@ def import_bundled(store: Store, name: ModelName | str) -> Generator[ProgressRes
             layer, resp = _small_layer(store, gojson.encode(params, sort_keys=True), media.PARAMS, pin)
             layers.append(layer)
             extra.append(resp)
-        config = ConfigV2(
-            model_format="gguf",
-            model_family=info.architecture,
-            model_families=[info.architecture],
-            model_type=info.parameter_size,
-            file_type=info.file_type,
-            context_length=info.context_length or 0,
-            embedding_length=info.embedding_length or 0,
-            diff_ids=[layer.digest for layer in layers],
-        )
+        config = config_from_gguf(info, [layer.digest for layer in layers])
         config_layer, resp = _small_layer(store, config.to_bytes(), media.CONFIG, pin)
         yield from extra
         yield resp

@@ -25,7 +25,7 @@ from corral.schemas.native import CreateRequest, ProgressResponse
 from corral.schemas.options import clean_options
 from corral.store import gojson, media
 from corral.store.blobs import normalize_digest
-from corral.store.manifests import ConfigV2, Layer, Manifest
+from corral.store.manifests import ConfigV2, Layer, Manifest, config_from_gguf
 from corral.store.store import Store
 from corral.template.builtin import detect_template
 
@@ -200,7 +200,7 @@ def _from_files(
             first = info
     if first is None:
         raise BadRequestError(NOT_GGUF)
-    draft.config = _config_from_gguf(first)
+    draft.config = config_from_gguf(first)
     if detect and first.chat_template:
         builtin = detect_template(first.chat_template)
         if builtin is not None:
@@ -208,18 +208,6 @@ def _from_files(
             draft.add(layer, f"using autodetected template {builtin.name}")
             if builtin.params:
                 draft.add_new(_params_bytes(builtin.params), media.PARAMS)
-
-
-def _config_from_gguf(info: GGUFInfo) -> ConfigV2:
-    return ConfigV2(
-        model_format="gguf",
-        model_family=info.architecture,
-        model_families=[info.architecture],
-        model_type=info.parameter_size,
-        file_type=info.file_type,
-        context_length=info.context_length or 0,
-        embedding_length=info.embedding_length or 0,
-    )
 
 
 def _add_adapter(store: Store, adapters: dict[str, str], draft: _Draft) -> Iterator[ProgressResponse]:

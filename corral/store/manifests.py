@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import BadRequestError
+from corral.gguf import GGUFInfo
 from corral.store import gojson, media
 from corral.store.blobs import normalize_digest
 
@@ -231,3 +232,17 @@ class ConfigV2:
             diff_ids=[str(x) for x in diff_ids] if isinstance(diff_ids, list) else None,
             extra={k: v for k, v in obj.items() if k not in known},
         )
+
+
+def config_from_gguf(info: GGUFInfo, diff_ids: list[str] | None = None) -> ConfigV2:
+    """The config blob Ollama writes for a GGUF model (family, parameter size, quantization)."""
+    return ConfigV2(
+        model_format="gguf",
+        model_family=info.architecture,
+        model_families=[info.architecture],
+        model_type=info.parameter_size,
+        file_type=info.file_type,
+        context_length=info.context_length or 0,
+        embedding_length=info.embedding_length or 0,
+        diff_ids=list(diff_ids or []),
+    )
