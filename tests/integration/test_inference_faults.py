@@ -208,3 +208,22 @@ def test_sigterm_ends_streams_with_an_error_line_and_stops_runners(tmp_path: Pat
                        for pid in runners)
     finally:
         server.stop()
+
+
+def test_cli_ps_stop_and_cp(small_server: ServerProcess) -> None:
+    with httpx.Client(base_url=small_server.url, timeout=120, trust_env=False) as c:
+        c.post("/api/generate", json={"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}})
+    ps = small_server.cli("ps")
+    assert ps.returncode == 0, ps.stderr
+    header, *rows = ps.stdout.splitlines()
+    assert header.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert any(row.startswith(MODEL) and "100% CPU" in row for row in rows)
+    stopped = small_server.cli("stop", MODEL)
+    assert stopped.returncode == 0, stopped.stderr
+    assert MODEL not in small_server.cli("ps").stdout
+    missing = small_server.cli("stop", MODEL)
+    assert missing.returncode == 1 and f'couldn\'t find model "{MODEL}" to stop' in missing.stderr
+    copied = small_server.cli("cp", MODEL, "smol-copy")
+    assert copied.returncode == 0 and "copied 'smollm2:135m' to 'smol-copy'" in copied.stdout
+    assert "smol-copy:latest" in small_server.cli("list").stdout
+    assert small_server.cli("rm", "smol-copy").returncode == 0
