@@ -91,6 +91,7 @@ class Scheduler:
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._shutdown: asyncio.Future[None] | None = None
 
     # lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,6 +103,13 @@ class Scheduler:
         return self._stopping
 
     async def shutdown(self) -> None:
+        """Stop reaping and close every runner. Idempotent: a second call (the app's lifespan after
+        the SIGTERM handler started one) waits for the first instead of returning early."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._shutdown_all())
+        await asyncio.shield(self._shutdown)
+
+    async def _shutdown_all(self) -> None:
         self._stopping = True
         if self._reaper is not None:
             self._reaper.cancel()
@@ -276,14 +284,6 @@ class Scheduler:
         if entry.refcount == 0:
             await self._unload(entry)
         return True
-
-    async def forget_model(self, name: object) -> None:
-        """Called after a model is deleted; runners keep serving until idle, as in Ollama."""
-        return None
-
-    def last_load_duration(self, model_path: str) -> float:
-        entry = self.loaded.get(model_path)
-        return entry.load_duration if entry else 0.0
 
     def snapshot(self) -> list[LoadedRunner]:
         return sorted(self.loaded.values(), key=lambda e: e.expires_at, reverse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from corral.config import Settings
 from corral.errors import CorralError
 from corral.modelfile import parse as parse_modelfile
 from corral.modelfile import to_create_fields
-from corral.schemas.native import CreateRequest, ProgressResponse, ShowResponse
+from corral.schemas.native import CreateRequest, ShowResponse
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -240,13 +239,9 @@ def create(model: str, modelfile: Path | None, quantize: str | None) -> None:
         request = build_create_request(c, model, text, base)
         if quantize:
             request.quantize = quantize
-        last = render_progress(_statuses(c.create(request)), console)
+        last = render_progress(c.create(request), console)
     if last is None or last.status != "success":
         fail("create did not finish")
-
-
-def _statuses(events: Iterator[ProgressResponse]) -> Iterator[ProgressResponse]:
-    yield from events
 
 
 @cli.command()

@@ -7,7 +7,6 @@ stream, which cancels the sequence on the server); Ctrl+D or /bye exits.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from typing import Any
@@ -205,6 +204,3 @@ def _tee(stream: Any, sink: list[str]) -> Any:
         sink.append(chunk.get("message", {}).get("content", ""))
         yield chunk
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

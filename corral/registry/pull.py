@@ -37,16 +37,12 @@ def pull_model(
         raw = client.get_manifest()
         try:
             manifest = Manifest.from_bytes(raw)
-            layers = [*([manifest.config] if manifest.config.digest else []), *manifest.layers]
-            for layer in layers:
+            for layer in manifest.all_layers():
                 layer.digest = normalize_digest(layer.digest)
+            layers = manifest.unique_layers()
         except (ManifestError, CorralError) as e:
             raise CorralError(f"pull model manifest: invalid manifest: {e}") from None
-        seen: set[str] = set()
         for layer in layers:
-            if layer.digest in seen:
-                continue
-            seen.add(layer.digest)
             yield from _pull_layer(store, client, layer, tuning)
             pin(layer.digest)
         yield ProgressResponse(status="verifying sha256 digest")

@@ -28,13 +28,8 @@ def push_model(
     """Push `name` from `store`; raises CorralError on failure."""
     yield ProgressResponse(status="retrieving manifest")
     manifest, raw = store.read_manifest(name)
-    layers = [*([manifest.config] if manifest.config.digest else []), *manifest.layers]
     with RegistryClient(name, opts) as client:
-        seen: set[str] = set()
-        for layer in layers:
-            if layer.digest in seen:
-                continue
-            seen.add(layer.digest)
+        for layer in manifest.unique_layers():
             yield from _push_layer(store, client, layer, chunk_size)
         yield ProgressResponse(status="pushing manifest")
         headers = {"Content-Type": MANIFEST_V2}

@@ -107,8 +107,6 @@ async def delete(req: DeleteRequest, ctx: Ctx) -> Response:
         await run_in_threadpool(ctx.store.delete, name)
     except ModelNotFoundError:
         raise ModelNotFoundError(text or "", f"model '{text}' not found") from None
-    if ctx.scheduler is not None:
-        await ctx.scheduler.forget_model(name)
     return Response(status_code=200)
 
 

@@ -16,8 +16,7 @@ from corral.schemas.native import ListModel, Message, ModelDetails, ShowResponse
 from corral.server.context import AppContext
 from corral.store.store import Model as StoredModel
 from corral.store.store import ModelEntry
-from corral.template.gotemplate import GoTemplate
-from corral.template.prompt import infer_thinking_tags
+from corral.template.prompt import infer_thinking_tags, parse_template
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def capabilities(model: StoredModel, info: GGUFInfo | None) -> list[str]:
         caps.append("completion")
     if model.template:
         try:
-            tmpl = GoTemplate.parse(model.template)
+            tmpl = parse_template(model.template)
         except CorralError:
             tmpl = None
         if tmpl is not None:

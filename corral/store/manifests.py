@@ -121,6 +121,16 @@ class Manifest:
         """Layers plus the config (the blobs this manifest references)."""
         return [*self.layers, self.config] if self.config.digest else list(self.layers)
 
+    def unique_layers(self) -> list[Layer]:
+        """Config first, then layers, each digest once: the blobs to transfer in a pull or push."""
+        seen: set[str] = set()
+        out: list[Layer] = []
+        for layer in [*([self.config] if self.config.digest else []), *self.layers]:
+            if layer.digest not in seen:
+                seen.add(layer.digest)
+                out.append(layer)
+        return out
+
     def digests(self) -> set[str]:
         """Normalized digests of every referenced blob; ManifestError if any is malformed."""
         out: set[str] = set()

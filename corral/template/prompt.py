@@ -190,6 +190,7 @@ def _first_text(nodes: Sequence[n.Node]) -> n.TextNode | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
 def infer_tool_call_tag(template: str) -> str | None:
     """Ollama's parseTag: the first text inside `{{ if .ToolCalls }}`, trimmed, up to the first
     `{` (e.g. `<tool_call>`, `[TOOL_CALLS] [`); `{` when that is empty; None without the block."""
@@ -204,6 +205,7 @@ def infer_tool_call_tag(template: str) -> str | None:
     return tag or "{"
 
 
+@functools.lru_cache(maxsize=64)
 def infer_thinking_tags(template: str) -> tuple[str, str] | None:
     """Ollama's InferTags: around `.Thinking` inside `range .Messages`, the first and last text
     of the nearest enclosing list (e.g. `<think>` / `</think>`); None when not found."""

@@ -47,24 +47,26 @@ def test_queue_overflow_gets_503_at_once_and_the_rest_complete(small_server: Ser
     # long enough (64 tokens at 4 parallel) that the whole burst arrives while every slot is busy
     body = {"model": MODEL, "prompt": "Say hello.", "stream": False, "options": {"num_predict": 64}}
 
-    async def main() -> list[tuple[int, float]]:
+    async def main() -> list[tuple[int, float, float]]:
         async with httpx.AsyncClient(base_url=small_server.url, timeout=300, trust_env=False,
                                      limits=httpx.Limits(max_connections=64)) as c:
             await c.post("/api/generate", json=body)  # loaded
 
-            async def one() -> tuple[int, float]:
+            async def one() -> tuple[int, float, float]:
                 started = time.monotonic()
                 r = await c.post("/api/generate", json=body)
-                return r.status_code, time.monotonic() - started
+                return r.status_code, started, time.monotonic()
 
             return await asyncio.gather(*[one() for _ in range(40)])
 
     results = asyncio.run(main())
-    ok = [t for s, t in results if s == 200]
-    busy = [t for s, t in results if s == 503]
-    assert len(ok) + len(busy) == 40
-    assert 4 <= len(ok) <= 12 and len(busy) >= 28
-    assert max(busy) < min(10.0, max(ok))  # rejected at once, not after waiting
+    ok = [(s, e) for code, s, e in results if code == 200]
+    busy = [(s, e) for code, s, e in results if code == 503]
+    assert len(ok) + len(busy) == 40 and len(busy) >= 20
+    first_done = min(e for _, e in ok)
+    # while nothing had finished, at most 4 running + 8 queued could be admitted
+    assert len([s for s, _ in ok if s < first_done]) <= 12
+    assert max(e - s for s, e in busy) < 2.0  # rejected at once, not after waiting
     with httpx.Client(base_url=small_server.url, timeout=120, trust_env=False) as c:
         assert c.post("/api/generate", json=body).status_code == 200
 
@@ -227,3 +229,25 @@ def test_cli_ps_stop_and_cp(small_server: ServerProcess) -> None:
     assert copied.returncode == 0 and "copied 'smollm2:135m' to 'smol-copy'" in copied.stdout
     assert "smol-copy:latest" in small_server.cli("list").stdout
     assert small_server.cli("rm", "smol-copy").returncode == 0
+    version = small_server.cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("corral version is ")
+
+
+def test_runners_exit_when_their_server_is_killed(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "home").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as c:
+            assert c.post("/api/pull", json={"model": MODEL, "stream": False}).status_code == 200
+            c.post("/api/generate", json={"model": MODEL, "stream": False})
+        runners = runner_pids(server)
+        assert runners and server.proc is not None
+        os.kill(server.proc.pid, signal.SIGKILL)  # no chance to clean up
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        alive = runners
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in runners if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not alive
+    finally:
+        server.stop()

@@ -203,41 +203,41 @@ class LlamaCppRunner:
             return RunnerStoppedError()
         return CorralError("an error was encountered while running the model: unexpected EOF")
 
+    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        """The runner's next reply; a closed or broken socket means the runner is gone."""
+        try:
+            line = await reader.readline()
+        except OSError:
+            line = b""
+        if not line:
+            raise await self._lost()
+        return proto.decode(line)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
     async def generate(self, params: GenerateParams) -> AsyncIterator[Chunk]:
         reader, writer = await self._open(proto.generate_request(params))
         try:
             while True:
-                try:
-                    line = await reader.readline()
-                except OSError:
-                    line = b""
-                if not line:
-                    raise await self._lost()
-                chunk = proto.chunk_from_event(proto.decode(line))
+                chunk = proto.chunk_from_event(await self._read(reader))
                 yield chunk
                 if chunk.done:
                     return
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await self._close(writer)
 
     async def _request(self, req: dict[str, Any]) -> dict[str, Any]:
         reader, writer = await self._open(req)
         try:
-            try:
-                line = await reader.readline()
-            except OSError:
-                line = b""
-            if not line:
-                raise await self._lost()
-            obj = proto.decode(line)
+            obj = await self._read(reader)
             proto.raise_if_error(obj)
             return obj
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await self._close(writer)
 
     async def embed(self, inputs: list[str], *, truncate: bool = True) -> EmbedResult:
         obj = await self._request({"op": "embed", "inputs": inputs, "truncate": truncate})

@@ -166,8 +166,18 @@ async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) ->
     ready = {"ready": True, "pid": os.getpid(), "n_embd": model.n_embd, "n_ctx_train": model.n_ctx_train}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
+    watch = asyncio.ensure_future(_exit_with_parent(server.done, os.getppid()))
     async with srv:
         await server.done.wait()
+    watch.cancel()
+
+
+async def _exit_with_parent(done: asyncio.Event, parent: int, every: float = 1.0) -> None:
+    """A runner never outlives its server: when the parent is gone (reparented), stop."""
+    while not done.is_set():
+        await asyncio.sleep(every)
+        if os.getppid() != parent:
+            done.set()
 
 
 def main(argv: list[str] | None = None) -> int:
