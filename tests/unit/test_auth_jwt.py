@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -31,16 +32,16 @@ def test_valid_hs256_token_gives_subject_and_scopes() -> None:
 
 @pytest.mark.parametrize(
     ("claims", "reason"),
-    [
-        ({"exp": int(time.time()) - 5}, "expired"),
-        ({"nbf": int(time.time()) + 600}, "not yet valid"),
-        ({"aud": "someone-else"}, "audience"),
-        ({"iss": "evil"}, "issuer"),
+    [  # times are offsets from the moment the test runs, never from collection
+        (lambda now: {"exp": now - 5}, "expired"),
+        (lambda now: {"nbf": now + 600}, "not yet valid"),
+        (lambda now: {"aud": "someone-else"}, "audience"),
+        (lambda now: {"iss": "evil"}, "issuer"),
     ],
 )
-def test_claim_failures(claims: dict[str, Any], reason: str) -> None:
+def test_claim_failures(claims: Callable[[int], dict[str, Any]], reason: str) -> None:
     with pytest.raises(UnauthorizedError, match=reason):
-        hs().verify(token(claims))
+        hs().verify(token(claims(int(time.time()))))
 
 
 def test_missing_exp_is_rejected() -> None:
