@@ -1,14 +1,16 @@
 """API keys: creation, listing, revocation and verification against a JSON file.
 
 A key looks like `crl_<id>_<secret>`; only the SHA-256 of the whole key is stored, with the id,
-name, scopes and creation time, in `<home>/keys.json` (mode 0600, replaced atomically). The plain
-key is returned once, by `create`. The server re-reads the file when it changes, so keys created
+name, scopes and creation time, in `<home>/keys.json` (mode 0600, replaced atomically under an
+exclusive lock on `<home>/keys.json.lock`, so concurrent CLI and server writers never lose an
+update). The plain key is returned once, by `create`. The server re-reads the file when it changes, so keys created
 or revoked with the CLI take effect without a restart. Does not know about HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -17,6 +19,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from corral.errors import BadRequestError, CorralError, NotFoundError
 
 PREFIX = "crl_"
 KEYS_FILE = "keys.json"
+_RACY_SECONDS = 2
 
 
 def hash_key(plain: str) -> str:
@@ -61,33 +65,45 @@ def split_key(plain: str) -> str | None:
 
 
 class KeyStore:
-    """The keys file. Thread-safe; cheap to query (one `stat` per call to notice changes)."""
+    """The keys file. Safe across threads and processes; cheap to query.
+
+    Writers (`create`, `revoke`; the CLI and the server alike) hold an exclusive `flock` on
+    `keys.json.lock` while they read, modify and atomically replace `keys.json`, so concurrent
+    writers never lose each other's updates. Readers take no lock: the file is only ever
+    replaced whole. The cache is keyed by the file's inode, size and times, and is not trusted
+    while the file is younger than `_RACY_SECONDS` (a rewrite within one timestamp tick could
+    keep all of those equal, as git's "racily clean" index entries).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock_path = path.with_name(path.name + ".lock")
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int, int] | None = None
         self._keys: dict[str, KeyRecord] = {}
 
     # reading -----------------------------------------------------------------------------------
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int] | None:
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def _load(self) -> dict[str, KeyRecord]:
+        try:
+            data = json.loads(self.path.read_text())
+            return {r.id: r for r in (KeyRecord.from_json(d) for d in data.get("keys", []))}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorralError(f"cannot read keys file {self.path}: {exc}") from None
 
     def _refresh(self) -> dict[str, KeyRecord]:
         stamp = self._stat()
-        if stamp == self._stamp:
+        if stamp == self._stamp and not _racy(stamp):
             return self._keys
-        keys: dict[str, KeyRecord] = {}
-        if stamp is not None:
-            try:
-                data = json.loads(self.path.read_text())
-                keys = {r.id: r for r in (KeyRecord.from_json(d) for d in data.get("keys", []))}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CorralError(f"cannot read keys file {self.path}: {exc}") from None
+        keys = self._load() if stamp is not None else {}
         self._keys, self._stamp = keys, stamp
         return keys
 
@@ -111,13 +127,26 @@ class KeyStore:
         return record
 
     # writing -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, KeyRecord]]:
+        """Hold the file lock; yield the keys as they are on disk now.
+
+        Each call opens its own descriptor, so the flock also excludes other threads.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._load()
+        finally:
+            os.close(fd)  # releases the flock
+
     def create(self, scopes: str | list[str], name: str = "") -> tuple[KeyRecord, str]:
         """Make a key; returns its record and the plain key (shown to the user once)."""
         granted = parse_scopes(scopes)
         if len(name) > 100 or any(ord(c) < 32 for c in name):
             raise BadRequestError("key name must be at most 100 printable characters")
-        with self._lock:
-            keys = dict(self._refresh())
+        with self._locked() as keys:
             key_id = secrets.token_hex(6)
             while key_id in keys:
                 key_id = secrets.token_hex(6)
@@ -131,8 +160,7 @@ class KeyStore:
 
     def revoke(self, id_or_name: str) -> KeyRecord:
         """Remove a key by id (or by name when exactly one key has it)."""
-        with self._lock:
-            keys = dict(self._refresh())
+        with self._locked() as keys:
             record = keys.get(id_or_name)
             if record is None:
                 named = [r for r in keys.values() if r.name and r.name == id_or_name]
@@ -146,7 +174,7 @@ class KeyStore:
         return record
 
     def _write(self, keys: dict[str, KeyRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Replace the file atomically (temp file, fsync, rename, fsync dir); mode 0600."""
         body = json.dumps({"keys": [asdict(r) | {"scopes": list(r.scopes)} for r in keys.values()]}, indent=2)
         fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=self.path.parent)
         try:
@@ -160,5 +188,21 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        self._stamp = None
-        self._refresh()
+        _fsync_dir(self.path.parent)
+        with self._lock:
+            self._keys, self._stamp = dict(keys), self._stat()
+
+
+def _racy(stamp: tuple[int, int, int, int] | None) -> bool:
+    """Whether a file with this stamp may have been rewritten without its stamp changing."""
+    return stamp is not None and time.time_ns() - max(stamp[1], stamp[2]) < _RACY_SECONDS * 1_000_000_000
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable (best effort)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -24,7 +24,7 @@ def test_create_stores_only_the_hash_with_mode_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "keys.json").stat().st_mode) == 0o600
     assert record.scopes == ("read", "infer")
     assert store.has_keys()
-    assert [p.name for p in tmp_path.iterdir()] == ["keys.json"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.json", "keys.json.lock"]  # no temp file left
 
 
 def test_verify_accepts_the_key_and_rejects_tampering(tmp_path: Path) -> None:
