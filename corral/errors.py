@@ -19,7 +19,8 @@ vocabulary:
     ├── RateLimitedError (429)
     ├── RequestCanceledError (499)
     ├── RunnerStoppedError (500)
-    └── ServerBusyError (503)
+    ├── ServerBusyError (503)
+    └── InsufficientStorageError (507)   disk full (ENOSPC/EDQUOT) while writing
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ class ServerBusyError(CorralError):
         super().__init__(message)
 
 
+class InsufficientStorageError(CorralError):
+    """The disk (or quota) filled up while writing; built by `corral.store.diskspace`."""
+
+    status = 507
+
+
 _BY_STATUS: dict[int, type[CorralError]] = {
     400: BadRequestError,
     401: UnauthorizedError,
@@ -139,6 +146,7 @@ _BY_STATUS: dict[int, type[CorralError]] = {
     413: PayloadTooLargeError,
     499: RequestCanceledError,
     503: ServerBusyError,
+    507: InsufficientStorageError,
 }
 
 

@@ -10,7 +10,6 @@ Does not know about manifests or progress messages.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ import httpx
 from corral.errors import CorralError, DigestMismatchError
 from corral.registry.client import RegistryClient, RetryableError
 from corral.store.blobs import BlobStore, blob_name, fsync_dir
+from corral.store.diskspace import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 MIN_PART = 100 * 1000 * 1000
@@ -147,7 +147,7 @@ class BlobDownload:
                 os.close(fd)
             self._verify_and_commit()
         except BaseException as e:  # handed to every waiter
-            self.error = _disk_error(e)
+            self.error = _disk_error(e, self.partial)
         finally:
             self.done.set()
 
@@ -211,11 +211,10 @@ class BlobDownload:
         self._remove_partials()
 
 
-def _disk_error(e: BaseException) -> BaseException:
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return CorralError(
-            "no space left on device while downloading; free some space and pull again"
-            " (the partial download is kept and resumes)"
+def _disk_error(e: BaseException, path: Path) -> BaseException:
+    if is_disk_full(e):
+        return disk_full_error(
+            path, "downloading", "free some space and pull again (the partial download is kept and resumes)"
         )
     return e
 

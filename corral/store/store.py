@@ -30,6 +30,7 @@ from corral.errors import BadRequestError, CorralError, InvalidNameError, ModelN
 from corral.names import ModelName, is_valid_part
 from corral.store import media
 from corral.store.blobs import BLOB_NAME_RE, BlobStore, fsync_dir, normalize_digest
+from corral.store.diskspace import disk_full_guard
 from corral.store.manifests import ConfigV2, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
@@ -206,22 +207,27 @@ class Store:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             temp = path.parent / f".{path.name}{_MANIFEST_TEMP_MARK}{secrets.token_hex(6)}"
             try:
-                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(temp, path)
+                with disk_full_guard(path, "writing manifest"):
+                    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(temp, path)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
             fsync_dir(path.parent)
 
     def _iter_manifest_files(self) -> Iterator[tuple[ModelName, Path]]:
-        """Every file at `manifests/*/*/*/*` whose path is a valid name (others are skipped)."""
+        """Every file at `manifests/*/*/*/*` whose path is a valid name (others are skipped).
+
+        A directory that cannot be listed (EMFILE, EACCES, EIO) raises rather than looking
+        empty: a listing that silently drops models is worse than an error.
+        """
         if not self.manifests_root.is_dir():
             return
-        for dirpath, _dirnames, filenames in os.walk(self.manifests_root):
+        for dirpath, _dirnames, filenames in os.walk(self.manifests_root, onerror=_walk_error):
             rel = Path(dirpath).relative_to(self.manifests_root).parts
             if len(rel) != 3:
                 continue
@@ -240,7 +246,11 @@ class Store:
         return ConfigV2.from_bytes(self.blobs.path(manifest.config.digest).read_bytes())
 
     def list_models(self) -> list[ModelEntry]:
-        """All readable models, newest first; corrupt manifests are logged and skipped."""
+        """All models, newest first; corrupt manifests are logged and skipped.
+
+        An I/O error other than a vanished file (out of file descriptors, permissions, EIO) is
+        raised as a `CorralError` naming the path, as Ollama's `Manifests` does.
+        """
         entries: list[ModelEntry] = []
         for name, path in self._iter_manifest_files():
             try:
@@ -249,7 +259,12 @@ class Store:
                 manifest.digests()
                 config = self._read_config(manifest)
                 modified = _mtime_datetime(path)
-            except (OSError, CorralError) as e:
+            except FileNotFoundError as e:  # deleted while listed, or its config blob is missing
+                log.warning("bad manifest %s: %s", name.display_shortest(), e)
+                continue
+            except OSError as e:
+                raise _read_error(path, e) from e
+            except CorralError as e:
                 log.warning("bad manifest %s: %s", name.display_shortest(), e)
                 continue
             entries.append(
@@ -343,16 +358,20 @@ class Store:
 
     # Removal ---------------------------------------------------------------------------------
     def referenced_digests(self, skip: Path | None = None) -> set[str] | None:
-        """Digests referenced by every manifest (except `skip`); None if any is corrupt."""
+        """Digests referenced by every manifest (except `skip`); None if any is corrupt or unreadable."""
         refs: set[str] = set()
-        for name, path in self._iter_manifest_files():
-            if skip is not None and path == skip:
-                continue
-            try:
-                refs |= Manifest.from_bytes(path.read_bytes()).digests()
-            except (OSError, CorralError) as e:
-                log.warning("corrupt manifest %s: %s", name.display_shortest(), e)
-                return None
+        try:
+            for name, path in self._iter_manifest_files():
+                if skip is not None and path == skip:
+                    continue
+                try:
+                    refs |= Manifest.from_bytes(path.read_bytes()).digests()
+                except (OSError, CorralError) as e:
+                    log.warning("corrupt manifest %s: %s", name.display_shortest(), e)
+                    return None
+        except CorralError as e:  # a manifest directory could not be listed
+            log.warning("%s", e)
+            return None
         return refs
 
     def delete(self, name: str | ModelName) -> None:
@@ -448,6 +467,16 @@ class Store:
                 except OSError:
                     pass
         return removed
+
+
+def _read_error(path: Path, e: OSError) -> CorralError:
+    return CorralError(f"cannot read model store at {path}: {e.strerror or e}")
+
+
+def _walk_error(e: OSError) -> None:
+    if isinstance(e, FileNotFoundError):
+        return
+    raise _read_error(Path(e.filename or "?"), e) from e
 
 
 def _older_than(path: Path, cutoff: float) -> bool:
