@@ -2,16 +2,17 @@
 
 Owns the `/v2/` routes (spec §7 seen from the server side): `GET /v2/`, manifests (GET/HEAD,
 bytes exactly as stored, `Docker-Content-Digest`), blobs (GET/HEAD with Range), and push
-acceptance (POST uploads with cross-repository mount, PATCH chunks, PUT with digest, manifest
-PUT). Repository paths are `<ns>/<model>`: the default host is looked up first, then a unique
-model of that namespace/name under any host. Transfer logic lives in `corral.registry`.
+acceptance (POST uploads with cross-repository mount, PATCH chunks checked against
+`Content-Range`, PUT with digest, GET status and DELETE of an upload, manifest PUT; the upload
+sessions, their expiry and cap live in `corral.server.uploads`). Repository paths are
+`<ns>/<model>`: the default host is looked up first, then a unique model of that namespace/name
+under any host. Transfer logic lives in `corral.registry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from corral.errors import BadRequestError, CorralError
+from corral.errors import BadRequestError, CorralError, DigestMismatchError, InsufficientStorageError
 from corral.names import DEFAULT_HOST, ModelName
 from corral.registry.auth import KeyPair, load_keypair
 from corral.registry.client import MANIFEST_V2, RegistryOptions
@@ -29,6 +30,7 @@ from corral.registry.push import push_model
 from corral.schemas.native import ProgressResponse, PushRequest
 from corral.server.context import AppContext, get_ctx
 from corral.server.stream import iterate_in_thread, respond
+from corral.server.uploads import TooManyUploadsError, UploadSession, UploadSessions, parse_content_range
 from corral.store.blobs import BlobWriter, normalize_digest
 
 router = APIRouter()
@@ -88,9 +90,48 @@ async def get_blob(ns: str, model: str, digest: str, ctx: Ctx) -> Response:
     )
 
 
-def _uploads(ctx: AppContext) -> dict[str, BlobWriter]:
-    uploads: dict[str, BlobWriter] = ctx.extras.setdefault(_UPLOADS, {})
-    return uploads
+def _uploads(ctx: AppContext) -> UploadSessions:
+    sessions: UploadSessions = ctx.extras[_UPLOADS]
+    return sessions
+
+
+def _upload_error(e: CorralError) -> JSONResponse:
+    code = {400: "BLOB_UPLOAD_INVALID", 416: "BLOB_UPLOAD_INVALID", 429: "TOOMANYREQUESTS"}
+    resp = _oci_error(e.status, code.get(e.status, "BLOB_UPLOAD_INVALID"), e.message)
+    if isinstance(e, TooManyUploadsError):
+        resp.headers["Retry-After"] = "60"
+    return resp
+
+
+def _upload_headers(path: str, upload_id: str, writer: BlobWriter) -> dict[str, str]:
+    return {"Location": path, "Range": f"0-{max(writer.size - 1, 0)}", "Docker-Upload-UUID": upload_id}
+
+
+async def _append(request: Request, sessions: UploadSessions, session: UploadSession) -> None:
+    """Append the body (one chunk, checked against `Content-Range`); a failure undoes it.
+
+    A full disk ends the session (its temp file is already gone).
+    """
+    writer = session.writer
+    crange = request.headers.get("Content-Range")
+    span = parse_content_range(crange, writer.size) if crange else None
+    point = writer.checkpoint()
+    try:
+        async for chunk in request.stream():
+            await asyncio.to_thread(writer.write, chunk)
+        if span is not None and writer.size != span[1] + 1:
+            raise BadRequestError(
+                f"Content-Range {crange} announces {span[1] - span[0] + 1} bytes,"
+                f" the body had {writer.size - point[0]}"
+            )
+    except InsufficientStorageError:
+        sessions.discard(session.id)
+        raise
+    except BaseException:
+        await asyncio.to_thread(writer.rollback, point)
+        raise
+    finally:
+        await asyncio.to_thread(writer.suspend)
 
 
 @router.post("/v2/{ns}/{model}/blobs/uploads/")
@@ -104,47 +145,72 @@ async def start_upload(ns: str, model: str, request: Request, ctx: Ctx) -> Respo
         if ctx.store.blobs.exists(digest):
             loc = f"/v2/{ns}/{model}/blobs/{digest}"
             return Response(status_code=201, headers={"Location": loc, "Docker-Content-Digest": digest})
-    upload_id = secrets.token_hex(16)
-    _uploads(ctx)[upload_id] = await run_in_threadpool(ctx.store.blobs.writer)
-    loc = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}"
-    headers = {"Location": loc, "Range": "0-0", "Docker-Upload-UUID": upload_id}
-    return Response(status_code=202, headers=headers)
+    try:
+        session = _uploads(ctx).open()
+    except CorralError as e:
+        return _upload_error(e)
+    loc = f"/v2/{ns}/{model}/blobs/uploads/{session.id}"
+    return Response(status_code=202, headers=_upload_headers(loc, session.id, session.writer))
+
+
+@router.get("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
+async def upload_status(ns: str, model: str, upload_id: str, ctx: Ctx) -> Response:
+    try:
+        with _uploads(ctx).use(upload_id) as session:
+            if session is None:
+                return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
+            loc = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}"
+            return Response(status_code=204, headers=_upload_headers(loc, upload_id, session.writer))
+    except CorralError as e:
+        return _upload_error(e)
+
+
+@router.delete("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
+async def cancel_upload(ns: str, model: str, upload_id: str, ctx: Ctx) -> Response:
+    if not _uploads(ctx).discard(upload_id):
+        return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
+    return Response(status_code=204)
 
 
 @router.patch("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
 async def patch_upload(
     ns: str, model: str, upload_id: str, request: Request, ctx: Ctx
 ) -> Response:
-    writer = _uploads(ctx).get(upload_id)
-    if writer is None:
-        return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
-    crange = request.headers.get("Content-Range")
-    if crange and int(crange.split("-")[0]) != writer.size:
-        return _oci_error(416, "BLOB_UPLOAD_INVALID", f"expected offset {writer.size}")
-    async for chunk in request.stream():
-        await asyncio.to_thread(writer.write, chunk)
-    loc = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}"
-    return Response(status_code=202, headers={"Location": loc, "Range": f"0-{max(writer.size - 1, 0)}"})
+    sessions = _uploads(ctx)
+    try:
+        with sessions.use(upload_id) as session:
+            if session is None:
+                return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
+            await _append(request, sessions, session)
+            loc = f"/v2/{ns}/{model}/blobs/uploads/{upload_id}"
+            return Response(status_code=202, headers=_upload_headers(loc, upload_id, session.writer))
+    except CorralError as e:
+        return _upload_error(e)
 
 
 @router.put("/v2/{ns}/{model}/blobs/uploads/{upload_id}")
 async def finish_upload(
     ns: str, model: str, upload_id: str, request: Request, ctx: Ctx
 ) -> Response:
-    writer = _uploads(ctx).pop(upload_id, None)
-    if writer is None:
-        return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
     try:
         expected = normalize_digest(request.query_params.get("digest", ""))
-        async for chunk in request.stream():
-            await asyncio.to_thread(writer.write, chunk)
-        digest, _ = await asyncio.to_thread(writer.commit)
-    except CorralError as e:
+    except BadRequestError:
+        return _oci_error(400, "DIGEST_INVALID", "invalid digest format")
+    sessions = _uploads(ctx)
+    try:
+        with sessions.use(upload_id) as session:
+            if session is None:
+                return _oci_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry")
+            await _append(request, sessions, session)
+            sessions.detach(session)
+            try:
+                digest, _ = await asyncio.to_thread(session.writer.commit, expected)
+            finally:
+                session.writer.abort()
+    except DigestMismatchError as e:
         return _oci_error(400, "DIGEST_INVALID", e.message)
-    finally:
-        writer.abort()
-    if digest != expected:
-        return _oci_error(400, "DIGEST_INVALID", f"digest mismatch, expected {expected}, got {digest}")
+    except CorralError as e:
+        return _upload_error(e)
     loc = f"/v2/{ns}/{model}/blobs/{digest}"
     return Response(status_code=201, headers={"Location": loc, "Docker-Content-Digest": digest})
 
@@ -160,7 +226,7 @@ async def put_manifest(
     try:
         await run_in_threadpool(ctx.store.write_manifest, name, data)
     except CorralError as e:
-        return _oci_error(400, "MANIFEST_INVALID", e.message)
+        return _oci_error(e.status if e.status >= 500 else 400, "MANIFEST_INVALID", e.message)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     return Response(status_code=201, headers={"Docker-Content-Digest": digest})
 
@@ -197,6 +263,9 @@ def install_registry(app: FastAPI, ctx: AppContext) -> None:
         return iterate_in_thread(pull_model(ctx.store, name, opts))
 
     ctx.extras["registry_pull"] = registry_pull
+    sessions = UploadSessions(ctx.store.blobs)
+    sessions.clean_leftovers()
+    ctx.extras[_UPLOADS] = sessions
     app.include_router(router)
 
 
