@@ -1,5 +1,6 @@
 """Settings: every `CORRAL_*` variable, read once at the edge (CLI / server start) and passed down.
 
+`Settings.load` adds the config file under the environment (`corral.configfile`).
 Nothing below the CLI and `server.app` reads the environment. Names map one-to-one onto Ollama's
 `OLLAMA_*` variables (README "Configuration"); values are trimmed of spaces and quotes, and booleans
 follow Go's `strconv.ParseBool` with Ollama's rule that any other non-empty value means true.
@@ -17,8 +18,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from corral.durations import env_duration_seconds
+from corral.names import ModelName
 
 DEFAULT_PORT = 11434
+DURATION_FIELDS = ("keep_alive", "load_timeout", "stream_idle_timeout", "header_timeout")
+FILE_ONLY_FIELDS = frozenset({"model_defaults"})
 DEFAULT_CONTEXT_LENGTH = 4096
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
@@ -105,6 +109,90 @@ def _split_host_port(hostport: str) -> tuple[str, int | None]:
     return "", None
 
 
+def _check_duration(value: object) -> object:
+    """Durations are Go durations or seconds; a number (from a config file) becomes its text."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as \"5m\" or a number of seconds")
+    if isinstance(value, int | float):
+        value = str(int(value)) if float(value).is_integer() else f"{value}s"
+    if isinstance(value, str):
+        try:
+            env_duration_seconds(value)
+        except ValueError:
+            raise ValueError(f"invalid duration {value!r} (use e.g. \"5m\", \"1h30m\" or seconds)") from None
+    return value
+
+
+def _network_list(value: object) -> object:
+    """A comma-separated string (environment) or a list of addresses / CIDR networks."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or network") from None
+        out.append(text)
+    return tuple(out)
+
+
+class ModelDefaults(BaseModel):
+    """Operator defaults for one model (`[models."name"]` in the config file).
+
+    Layered over the global settings and the model's Modelfile parameters, under the request:
+    defaults <- CORRAL_* <- Modelfile PARAMETER <- [models."name"] <- request options.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_parallel: int | None = Field(None, ge=1, description="parallel sequences for this model")
+    num_ctx: int | None = Field(None, ge=1, description="default context size")
+    keep_alive: str | None = Field(None, description="default keep-alive (Go duration or seconds)")
+    num_gpu: int | None = Field(None, description="layers to offload (-1 = as many as fit)")
+    main_gpu: int | None = Field(None, ge=0, description="device index to use")
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return None if value is None else _check_duration(value)
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        return None if self.keep_alive is None else env_duration_seconds(self.keep_alive)
+
+    @property
+    def options(self) -> dict[str, int]:
+        """The runtime options this section sets (spec §2 names)."""
+        values = {"num_ctx": self.num_ctx, "num_gpu": self.num_gpu, "main_gpu": self.main_gpu}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def registry_url(text: str) -> str:
+    """`http(s)://host[:port]` without a path, or ValueError (a registry is addressed by its host)."""
+    url = text.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest or "/" in rest or "@" in rest:
+        raise ValueError(f"registry URL must look like http(s)://host[:port], got {text!r}")
+    return url
+
+
+def parse_mirror_list(text: str) -> list[tuple[str, str]]:
+    """`[host=]url, ...` -> [(host or "", url)]; the host is the upstream registry a mirror stands in for."""
+    pairs: list[tuple[str, str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, url = item.partition("=")
+        pairs.append((host.strip().lower(), url.strip()) if sep else ("", item))
+    return pairs
+
+
 class Settings(BaseModel):
     """All configuration. Build with `Settings.from_env()` at the edge, or directly in tests.
 
@@ -148,6 +236,12 @@ class Settings(BaseModel):
     rate_limit_tpm: int = Field(0, ge=0, description="tokens per minute per key; 0 = unlimited")
     stream_idle_timeout: str = Field("2m", description="drop a client that reads nothing for this long")
     header_timeout: str = Field("10s", description="time a client has to send request headers/body")
+    allow_from: tuple[str, ...] = Field((), description="client addresses/networks allowed (empty: all)")
+    allow_from_routes: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="route prefix -> allowed networks (overrides allow_from there)")
+    trusted_proxies: tuple[str, ...] = Field((), description="proxies whose X-Forwarded-For is believed")
+    model_defaults: dict[str, ModelDefaults] = Field(
+        default_factory=dict, description="per-model defaults ([models.\"name\"] in the config file)")
 
     @field_validator("noprune", "nohistory", "allow_unauthenticated", "kv_unified", mode="before")
     @classmethod
@@ -160,6 +254,46 @@ class Settings(BaseModel):
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return parse_env_bool(value)
+
+    @field_validator(*DURATION_FIELDS, mode="before")
+    @classmethod
+    def _durations(cls, value: object) -> object:
+        return _check_duration(value)
+
+    @field_validator("allow_from", "trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        return _network_list(value)
+
+    @field_validator("allow_from_routes", mode="before")
+    @classmethod
+    def _route_networks(cls, value: object) -> object:
+        """`/metrics=127.0.0.1,10.0.0.0/8;/api/keys=127.0.0.1` in the environment, a table in a file."""
+        if isinstance(value, str):
+            table: dict[str, object] = {}
+            for part in value.split(";"):
+                prefix, sep, nets = part.partition("=")
+                if part.strip() and not sep:
+                    raise ValueError(f"expected PREFIX=NETWORKS, got {part.strip()!r}")
+                if part.strip():
+                    table[prefix.strip()] = nets
+            value = table
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, object] = {}
+        for prefix, nets in value.items():
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                raise ValueError(f"route prefix {prefix!r} must start with '/'")
+            out[prefix] = _network_list(nets)
+        return out
+
+    @field_validator("model_defaults", mode="after")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelDefaults]) -> dict[str, ModelDefaults]:
+        for name in value:
+            if ModelName.try_parse(name) is None:
+                raise ValueError(f"invalid model name {name!r}")
+        return value
 
     @field_validator("debug", mode="before")
     @classmethod
@@ -182,11 +316,31 @@ class Settings(BaseModel):
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:
+            if name in FILE_ONLY_FIELDS:
+                continue
             raw = env.get(f"CORRAL_{name.upper()}")
             if raw is not None and raw.strip().strip("\"'") != "":
                 values[name] = raw.strip().strip("\"'")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, file: Path | None = None,
+             **overrides: Any) -> Settings:
+        """The edge: `file` (or `$CORRAL_CONFIG`, or `$CORRAL_HOME/config.toml` when present),
+        then `CORRAL_*` from `environ` over it, then `overrides` (CLI flags) over both.
+        Raises `corral.configfile.ConfigError` naming the file, line and key (or the variable)."""
+        from corral.configfile import load_config
+
+        return load_config(environ, file, overrides).settings
+
+    def defaults_for(self, name: ModelName) -> ModelDefaults | None:
+        """The `[models."..."]` section for a model, matched as model names are (case-insensitive)."""
+        for key, section in self.model_defaults.items():
+            parsed = ModelName.try_parse(key)
+            if parsed is not None and parsed.matches(name):
+                return section
+        return None
 
     # Derived values -------------------------------------------------------------------------
     @property

@@ -16,7 +16,7 @@ _IMPLIES = {"admin": frozenset(SCOPES), "manage": frozenset({"manage", "read"})}
 _READ = {"/api/tags", "/api/show", "/api/ps", "/api/version", "/openapi.json", "/docs", "/redoc",
          "/docs/oauth2-redirect"}
 _INFER = {"/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tokenize",
-          "/api/detokenize", "/api/rerank"}
+          "/api/detokenize", "/api/rerank", "/api/ws"}
 _MANAGE = {"/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push"}
 _ADMIN_PREFIXES = ("/metrics", "/api/keys", "/admin/")
 _READ_METHODS = ("GET", "HEAD")

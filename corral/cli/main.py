@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from corral import __version__
+from corral.cli.configcmd import config as config_group
 from corral.cli.format import human_bytes, human_time, table
 from corral.cli.keys import keys as keys_group
 from corral.cli.progress import new_progress, render_progress
@@ -25,7 +26,7 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def settings() -> Settings:
-    return Settings.from_env()
+    return Settings.load()
 
 
 def client(cfg: Settings | None = None) -> Client:
@@ -35,7 +36,7 @@ def client(cfg: Settings | None = None) -> Client:
 
 
 def fail(message: str) -> None:
-    err_console.print(f"Error: {message}")
+    err_console.print(f"Error: {message}", markup=False, soft_wrap=True)
     sys.exit(1)
 
 
@@ -245,16 +246,19 @@ def create(model: str, modelfile: Path | None, quantize: str | None) -> None:
 
 
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file (default $CORRAL_CONFIG, else $CORRAL_HOME/config.toml when present)")
 @click.option("--host", help="Address to listen on (default $CORRAL_HOST or 127.0.0.1:11434)")
 @click.option("--tls-cert", type=click.Path(exists=True, path_type=Path), help="TLS certificate (PEM)")
 @click.option("--tls-key", type=click.Path(exists=True, path_type=Path), help="TLS private key (PEM)")
 @click.option("--allow-unauthenticated", is_flag=True, help="Allow a non-loopback bind without auth")
-def serve(host: str | None, tls_cert: Path | None, tls_key: Path | None, allow_unauthenticated: bool) -> None:
+def serve(config_file: Path | None, host: str | None, tls_cert: Path | None, tls_key: Path | None,
+          allow_unauthenticated: bool) -> None:
     """Start the corral server."""
     from corral.cli.serve import run_server
 
-    cfg = Settings.from_env(
-        host=host, tls_cert=tls_cert, tls_key=tls_key,
+    cfg = Settings.load(
+        file=config_file, host=host, tls_cert=tls_cert, tls_key=tls_key,
         allow_unauthenticated=True if allow_unauthenticated else None,
     )
     run_server(cfg)
@@ -270,6 +274,7 @@ def _register_inference_verbs() -> None:
 
 _register_inference_verbs()
 cli.add_command(keys_group)
+cli.add_command(config_group)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from corral.client import Client
 from corral.config import Settings
 from corral.durations import parse_go_duration
 from corral.errors import CorralError
+from corral.schemas.options import ALL_KEYS, DEPRECATED_KEYS, parse_parameter
 
 err = Console(stderr=True, highlight=False)
 SERVER_START_TIMEOUT = 30.0
@@ -126,9 +127,62 @@ def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict
     return final
 
 
+# llama.cpp's flag names (llama-cli / llama-server) as aliases of the request options.
+LLAMA_FLAGS: tuple[tuple[tuple[str, ...], str, Any, str], ...] = (
+    (("--num-gpu-layers", "-ngl"), "num_gpu", click.INT, "layers to offload to the GPU"),
+    (("--ctx-size", "-c"), "num_ctx", click.INT, "context size in tokens"),
+    (("--temp",), "temperature", click.FLOAT, "sampling temperature"),
+    (("--top-k",), "top_k", click.INT, "top-k sampling"),
+    (("--top-p",), "top_p", click.FLOAT, "top-p (nucleus) sampling"),
+    (("--seed",), "seed", click.INT, "random seed (-1: random)"),
+    (("--threads", "-t"), "num_thread", click.INT, "CPU threads"),
+    (("--n-predict", "-n"), "num_predict", click.INT, "tokens to generate at most (-1: no limit)"),
+    (("--repeat-penalty",), "repeat_penalty", click.FLOAT, "penalty for repeated tokens"),
+)
+
+
+def llama_flags(f: Any) -> Any:
+    for flags, name, kind, text in reversed(LLAMA_FLAGS):
+        f = click.option(*flags, name, type=kind, default=None, help=f"{text.capitalize()} (option {name})")(f)
+    return f
+
+
+def request_options(flags: dict[str, Any], parameters: tuple[str, ...]) -> dict[str, Any]:
+    """The request's `options` from `--parameter NAME=VALUE` and the llama.cpp-style flags."""
+    out: dict[str, Any] = {}
+    for item in parameters:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="'--parameter'")
+        if name not in ALL_KEYS or name in DEPRECATED_KEYS:
+            raise click.BadParameter(f"unknown option {name!r}; valid options: {', '.join(sorted(ALL_KEYS))}",
+                                     param_hint="'--parameter'")
+        try:
+            parsed = parse_parameter(name, value)
+        except CorralError as exc:
+            raise click.BadParameter(f"{name}: {exc.message}", param_hint="'--parameter'") from None
+        if name == "stop":
+            out.setdefault("stop", []).append(parsed)
+        else:
+            out[name] = parsed
+    for flag_names, option, _, _ in LLAMA_FLAGS:
+        given = flags.get(option)
+        if given is None:
+            continue
+        if option in out and out[option] != given:
+            raise click.UsageError(f"option {option} is given twice ({flag_names[0]} {given} and "
+                                   f"--parameter {option}={out[option]})")
+        out[option] = given
+    return out
+
+
 @click.command()
 @click.argument("model")
 @click.argument("prompt", nargs=-1)
+@click.option("--parameter", "parameters", multiple=True, metavar="NAME=VALUE",
+              help="Set a model option for the request (repeatable), e.g. --parameter num_ctx=8192")
+@llama_flags
 @click.option("--keepalive", help="Duration to keep a model loaded (e.g. 5m)")
 @click.option("--verbose", is_flag=True, help="Show timings for the response")
 @click.option("--format", "fmt", help="Response format (e.g. json)")
@@ -136,12 +190,17 @@ def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict
 @click.option("--hidethinking", is_flag=True, help="Hide thinking output")
 @click.option("--nowordwrap", is_flag=True, help="Don't wrap words to the next line automatically")
 @click.option("--insecure", is_flag=True, help="Use an insecure registry")
-def run(model: str, prompt: tuple[str, ...], keepalive: str | None, verbose: bool, fmt: str | None,
-        think: str | None, hidethinking: bool, nowordwrap: bool, insecure: bool) -> None:
-    """Run a model: answer PROMPT, or chat interactively."""
-    from corral.cli.main import client
+def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepalive: str | None, verbose: bool,
+        fmt: str | None, think: str | None, hidethinking: bool, nowordwrap: bool, insecure: bool,
+        **flags: Any) -> None:
+    """Run a model: answer PROMPT, or chat interactively.
 
-    cfg = Settings.from_env()
+    Model options can be set with --parameter NAME=VALUE or with llama.cpp's flag names.
+    """
+    from corral.cli.main import client, settings
+
+    options = request_options(flags, parameters)
+    cfg = settings()
     parts = list(prompt)
     interactive = not parts and sys.stdin.isatty()
     if not sys.stdin.isatty():
@@ -150,7 +209,7 @@ def run(model: str, prompt: tuple[str, ...], keepalive: str | None, verbose: boo
     with client(cfg) as c:
         ensure_server(cfg, c)
         ensure_model(c, model)
-        body: dict[str, Any] = {"model": model, "options": {}}
+        body: dict[str, Any] = {"model": model, "options": options}
         if keepalive:
             body["keep_alive"] = parse_keepalive(keepalive)
         if fmt:

@@ -75,6 +75,8 @@ def run_server(cfg: Settings) -> None:
     check_binding(cfg)
     url = cfg.host_url
     log.info("server config models=%s host=%s num_parallel=%d", cfg.models_dir, cfg.host, cfg.num_parallel)
+    if cfg.model_defaults:
+        log.info("per-model defaults for %s", ", ".join(cfg.model_defaults))
     app = build_app(cfg)
     keypair, created = ensure_keypair(cfg.home)
     if created:
@@ -92,6 +94,8 @@ def run_server(cfg: Settings) -> None:
         timeout_graceful_shutdown=5,
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=64 * 1024,
+        ws_max_size=cfg.max_body,  # /api/ws messages are capped like JSON bodies
+        proxy_headers=False,  # X-Forwarded-For is believed only from trusted_proxies (server/allowlist.py)
         http=deadline_protocol(cfg.header_timeout_seconds),
         **ssl,  # type: ignore[arg-type]
     )

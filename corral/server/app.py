@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral import __version__
 from corral.config import Settings
 from corral.scheduler import Scheduler
+from corral.server.allowlist import install_allowlist
 from corral.server.context import AppContext
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
@@ -75,6 +76,7 @@ def create_app(
     install_error_handlers(app)
     install_security(app, ctx)
     app.add_middleware(JSONBodies)
+    install_allowlist(app, settings)  # outermost: refused addresses never reach authentication
     app.include_router(management_router)
     install_registry(app, ctx)
     if ctx.scheduler is not None:
@@ -86,6 +88,9 @@ def create_app(
 
         app.include_router(inference_router)
         app.include_router(embeddings_router)
+        from corral.server.ws import router as ws_router
+
+        app.include_router(ws_router)
         from corral.server.openai import install_openai
 
         install_openai(app)

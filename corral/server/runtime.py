@@ -69,15 +69,19 @@ async def resolve_job(
         raise BadRequestError(f"model '{model_name}' has no weights to run")
     info = await run_in_threadpool(gguf_info, ctx, model)
     caps = capabilities(model, info)
+    # Operator per-model defaults ([models."name"] in the config file) sit over the Modelfile's
+    # parameters and the global settings, under the request's own options and keep_alive.
+    operator = ctx.settings.defaults_for(model.name)
+    model_params = {**(model.params or {}), **(operator.options if operator else {})}
     resolved = ResolvedOptions.merge(
-        model.params, options, default_num_ctx=ctx.settings.default_num_ctx
+        model_params, options, default_num_ctx=ctx.settings.default_num_ctx
     )
     resolved = _clamp_ctx(resolved, info, ctx.settings.num_thread)
     embedding = "embedding" in caps and "completion" not in caps
     spec = LoadSpec(
         model_path=model.model_path,
         options=resolved.load,
-        num_parallel=1 if embedding else ctx.settings.num_parallel,
+        num_parallel=1 if embedding else (operator and operator.num_parallel) or ctx.settings.num_parallel,
         embedding=embedding,
         adapters=tuple(model.adapters),
         flash_attention=ctx.settings.flash_attention,
@@ -87,7 +91,10 @@ async def resolve_job(
     short = model.name.display_shortest()
     details = model_details(model).dump()
     ref = ModelRef(name=short, digest=model.manifest_digest, spec=spec, details=details)
-    return Job(short, model, info, resolved, ref, caps, keep_alive_seconds(keep_alive))
+    keep = keep_alive_seconds(keep_alive)
+    if keep is None and operator is not None:
+        keep = operator.keep_alive_seconds
+    return Job(short, model, info, resolved, ref, caps, keep)
 
 
 def _clamp_ctx(resolved: ResolvedOptions, info: GGUFInfo | None, default_threads: int = 0) -> ResolvedOptions:
