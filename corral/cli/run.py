@@ -143,7 +143,7 @@ LLAMA_FLAGS: tuple[tuple[tuple[str, ...], str, Any, str], ...] = (
 
 def llama_flags(f: Any) -> Any:
     for flags, name, kind, text in reversed(LLAMA_FLAGS):
-        f = click.option(*flags, name, type=kind, default=None, help=f"{text.capitalize()} (option {name})")(f)
+        f = click.option(*flags, name, type=kind, default=None, help=f"{text[0].upper()}{text[1:]} (option {name})")(f)
     return f
 
 
