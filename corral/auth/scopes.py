@@ -2,7 +2,8 @@
 
 Four scopes: `read` (list and inspect models), `infer` (run models), `manage` (change the model
 store), `admin` (keys, metrics). `admin` implies every other scope and `manage` implies `read`;
-`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe). A route this
+`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe), and so are
+`GET|HEAD /ui` and `/ui/*` (the web page's static files; its API calls need their own scopes). A route this
 module does not know needs `admin`, so a newly added route is closed until it is classified.
 """
 
@@ -47,6 +48,8 @@ def required_scope(method: str, path: str) -> str | None:
     method = method.upper()
     if path == "/" and method in _READ_METHODS:
         return None
+    if (path == "/ui" or path.startswith("/ui/")) and method in _READ_METHODS:
+        return None  # the web page and its static assets: the key prompt must load without a key
     if path in _READ:
         return "read"
     if path in _INFER:

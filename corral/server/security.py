@@ -66,6 +66,13 @@ def credential_of(scope: Scope) -> str | None:
     return key.strip() if key and key.strip() else None
 
 
+def same_origin(scope: Scope, origin: str) -> bool:
+    """The page making the request was served by this server (the /ui page on a non-local host name):
+    not a cross-origin request, so CORS does not apply. The host check has already vetted `Host`."""
+    host = header(scope, b"host")
+    return bool(host) and origin.strip().lower() == f"{scope.get('scheme', 'http')}://{host}".lower()
+
+
 def route_label(scope: Scope) -> str:
     """The route template (bounded label cardinality); matched again for requests rejected early."""
     route = scope.get("route")
@@ -134,7 +141,7 @@ class SecurityMiddleware:
         try:
             if not self.hosts.allowed(header(scope, b"host")):
                 raise ForbiddenError("forbidden: host not allowed")
-            if origin and not self.cors.origin_allowed(origin):
+            if origin and not self.cors.origin_allowed(origin) and not same_origin(scope, origin):
                 raise ForbiddenError("forbidden: origin not allowed")
             if method == "OPTIONS":
                 headers = self.cors.preflight_headers(header(scope, b"access-control-request-headers"))
