@@ -3,7 +3,10 @@
 Each app has its own `CollectorRegistry` (never the global one), so several apps in one process
 (tests) do not collide. Request counts and latency are observed by the security middleware;
 generation metrics by the inference routes through `record_generation`; scheduler state (queue
-depth, loaded models and their memory) is read at scrape time. Does not own the scheduler or auth.
+depth and bound, loaded models, their memory per model and per device: a runner may report
+`memory_by_device`, else its memory counts as `cpu`) is read at scrape time.
+`deploy/grafana/corral.json` and `deploy/prometheus/alerts.yml` are built on these names (a test
+checks that every metric and label they use exists). Does not own the scheduler or auth.
 """
 
 from __future__ import annotations
@@ -68,9 +71,14 @@ class ServerMetrics:
                                        _LOAD_BUCKETS)
         self.runner_restarts = counter("corral_runner_restarts", "Runners that stopped unexpectedly", model)
         self.queue_depth = gauge("corral_queue_depth", "Requests waiting for or holding a runner")
+        self.queue_capacity = gauge("corral_queue_capacity", "Bound on waiting requests (CORRAL_MAX_QUEUE)")
         self.loaded_models = gauge("corral_loaded_models", "Models currently loaded")
         self.model_memory = gauge("corral_loaded_model_memory_bytes", "Memory of each loaded model", model)
+        self.device_memory = gauge("corral_device_memory_bytes", "Memory of the loaded models on each device",
+                                   ["device"])
         self.rate_limited = counter("corral_rate_limited_requests", "Requests refused with 429", ["limit"])
+        for limit in ("requests", "tokens"):  # series from 0, so rate() sees the first refusal
+            self.rate_limited.labels(limit=limit)
 
     # called by the middleware ----------------------------------------------------------------
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -99,15 +107,26 @@ class ServerMetrics:
         if scheduler is None:
             return
         self.queue_depth.set(int(getattr(scheduler, "pending", 0)))
+        capacity = getattr(getattr(scheduler, "settings", None), "max_queue", None)
+        if isinstance(capacity, int):
+            self.queue_capacity.set(capacity)
         entries = list(scheduler.snapshot())
         self.loaded_models.set(len(entries))
         self.model_memory.clear()
+        self.device_memory.clear()
+        per_device: dict[str, int] = {"cpu": 0}
         for entry in entries:
             try:
                 memory = int(entry.runner.memory_bytes)
+                split = dict(getattr(entry.runner, "memory_by_device", None) or {"cpu": memory})
             except Exception:  # a dying runner must not break the scrape
-                memory = 0
+                memory, split = 0, {}
             self.model_memory.labels(model=entry.ref.name).set(memory)
+            self.runner_restarts.labels(model=entry.ref.name)  # a 0 series, so increase() sees the first
+            for device, size in split.items():
+                per_device[str(device)] = per_device.get(str(device), 0) + int(size)
+        for device, size in per_device.items():
+            self.device_memory.labels(device=device).set(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
