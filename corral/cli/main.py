@@ -13,6 +13,7 @@ from corral import __version__
 from corral.cli.configcmd import config as config_group
 from corral.cli.format import human_bytes, human_time, table
 from corral.cli.keys import keys as keys_group
+from corral.cli.launch import launch as launch_cmd
 from corral.cli.progress import new_progress, render_progress
 from corral.client import Client, ConnectError
 from corral.config import Settings
@@ -274,6 +275,7 @@ def _register_inference_verbs() -> None:
 
 _register_inference_verbs()
 cli.add_command(keys_group)
+cli.add_command(launch_cmd)
 cli.add_command(config_group)
 
 

@@ -263,7 +263,13 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
 
 
 async def event_frames(items: Native, events: EventStream) -> AsyncIterator[bytes]:
+    # The first native chunk comes before `message_start`, so an error raised before any output
+    # (a prompt larger than the context, an unknown model) keeps its HTTP status.
+    first = await anext(items, None)
     yield events.start()
+    if first is not None:
+        for frame in events.convert(first):
+            yield frame
     async for item in items:
         for frame in events.convert(item):
             yield frame

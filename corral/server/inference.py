@@ -266,7 +266,9 @@ async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: lis
             return render_messages(job, msgs, tools=plan.render_tools, think=plan.think,
                                    think_level=level(req.think))
 
-        prompt = await fit_messages(runner, job, messages, render) if req.truncate is not False else render(messages)
+        tools = len(plan.render_tools or [])
+        prompt = (await fit_messages(runner, job, messages, render, tools=tools) if req.truncate is not False
+                  else render(messages))
         splitter: OutputSplitter = plan.splitter(prompt)
         async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
             piece = splitter.feed(chunk.text, final=chunk.done)

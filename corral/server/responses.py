@@ -1,9 +1,11 @@
 """OpenAI Responses API, stateless: POST /v1/responses (spec §1, Ollama's openai/responses.go).
 
 Translates `input` (a string or message / function_call / function_call_output / reasoning
-items), `instructions`, function `tools`, `text.format`, `reasoning.effort` and the sampling
-fields into a native chat request, calls `chat_events`, and converts the native chunks into a
-`response` object or the streamed event sequence (`response.created`, `response.in_progress`,
+items), `instructions`, `tools` (functions, `namespace` groups and `custom` tools; hosted tools
+such as `web_search` are left out and reported, see `responses_tools`), `text.format`,
+`reasoning.effort` and the sampling fields into a native chat request, calls `chat_events`, and
+converts the native chunks into a `response` object or the streamed event sequence
+(`response.created`, `response.in_progress`,
 `response.output_item.added/done`, `response.content_part.added/done`,
 `response.output_text.delta/done`, `response.reasoning_summary_text.delta/done`,
 `response.function_call_arguments.delta/done`, `response.completed` / `response.failed`).
@@ -13,6 +15,7 @@ fields into a native chat request, calls `chat_events`, and converts the native 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -28,8 +31,10 @@ from corral.server.context import Ctx
 from corral.server.inference import chat_events
 from corral.server.openai import CTX_FIELDS, content_parts, extra_options, think_value
 from corral.server.openai_stream import Native, sse_event, sse_response
+from corral.server.responses_tools import IGNORED_TOOLS_KEY, ToolPlan, call_item, flat_name, plan_tools
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def new_id(prefix: str) -> str:
@@ -77,13 +82,14 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
             if thinking and msg["role"] == "assistant":
                 msg["thinking"], thinking = thinking, ""
             out.append(msg)
-        elif kind == "function_call":
-            call = {"id": item.get("call_id"), "function": {"name": item.get("name", ""),
-                                                           "arguments": call_arguments(item.get("arguments"))}}
+        elif kind in ("function_call", "custom_tool_call"):
+            args = call_arguments(item.get("arguments")) if kind == "function_call" else {"input": item.get("input")}
+            name = flat_name(item.get("namespace"), item.get("name", ""))
+            call = {"id": item.get("call_id"), "function": {"name": name, "arguments": args}}
             if not out or out[-1]["role"] != "assistant":
                 out.append({"role": "assistant", "content": ""})
             out[-1].setdefault("tool_calls", []).append(call)
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             out.append({"role": "tool", "tool_call_id": item.get("call_id"),
                         "content": output if isinstance(output, str) else json.dumps(output)})
@@ -95,13 +101,8 @@ def input_messages(value: Any) -> list[dict[str, Any]]:
 
 
 def native_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    out = []
-    for t in tools or []:
-        if t.get("type") != "function":
-            raise BadRequestError(f"tool type '{t.get('type')}' is not supported")
-        out.append({"type": "function", "function": {"name": t.get("name", ""), "description": t.get("description"),
-                                                     "parameters": t.get("parameters") or {}}})
-    return out or None
+    """Function, namespace and custom tools as native function tools (hosted tools left out)."""
+    return plan_tools(tools).native or None
 
 
 def text_format(text: dict[str, Any] | None) -> Any:
@@ -146,6 +147,7 @@ class ResponseBuilder:
         self.seq = 0
         self.usage: dict[str, Any] | None = None
         self.done_reason: str | None = None
+        self.tools: ToolPlan = plan_tools(req.tools)
 
     def event(self, kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": self.seq, **fields}
@@ -158,11 +160,17 @@ class ResponseBuilder:
             "output": self.output, "parallel_tool_calls": True, "tool_choice": self.req.tool_choice or "auto",
             "tools": self.req.tools or [], "instructions": self.req.instructions, "error": None,
             "incomplete_details": None, "temperature": self.req.temperature, "top_p": self.req.top_p,
-            "max_output_tokens": self.req.max_output_tokens, "usage": self.usage, "metadata": self.req.metadata or {},
+            "max_output_tokens": self.req.max_output_tokens, "usage": self.usage, "metadata": self.metadata(),
         }
         if status == "incomplete":
             body["incomplete_details"] = {"reason": "max_output_tokens"}
         return body
+
+    def metadata(self) -> dict[str, Any]:
+        out = dict(self.req.metadata or {})
+        if self.tools.ignored:
+            out[IGNORED_TOOLS_KEY] = ",".join(sorted(set(self.tools.ignored)))
+        return out
 
     def close(self) -> list[bytes]:
         item, self.open = self.open, None
@@ -223,10 +231,15 @@ class ResponseBuilder:
         out = self.close()
         fn = call.get("function", {})
         args = json.dumps(fn.get("arguments") or {}, ensure_ascii=False)
-        item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
-                "call_id": call.get("id") or new_id("call"), "name": fn.get("name", ""), "arguments": ""}
+        route = self.tools.route(fn.get("name", ""))
+        item = call_item(route, call.get("id") or new_id("call"), fn.get("arguments") or {}, new_id("fc"))
         self.output.append(item)
         idx = len(self.output) - 1
+        if item["type"] == "custom_tool_call":
+            added = {**item, "status": "in_progress"}
+            out.append(self.event("response.output_item.added", output_index=idx, item=added))
+            out.append(self.event("response.output_item.done", output_index=idx, item=item))
+            return out
         out.append(self.event("response.output_item.added", output_index=idx, item=dict(item)))
         out.append(self.event("response.function_call_arguments.delta", item_id=item["id"], output_index=idx,
                               delta=args))
@@ -264,9 +277,15 @@ class ResponseBuilder:
 
 
 async def response_frames(items: Native, rb: ResponseBuilder) -> AsyncIterator[bytes]:
+    # Read the first native chunk before `response.created`: an error raised before any output
+    # (a prompt larger than the context, an unknown model) then keeps its HTTP status.
+    first = await anext(items, None)
     yield rb.event("response.created", response=rb.response("in_progress"))
     yield rb.event("response.in_progress", response=rb.response("in_progress"))
     try:
+        if first is not None:
+            for frame in rb.convert(first):
+                yield frame
         async for chunk in items:
             for frame in rb.convert(chunk):
                 yield frame
@@ -283,6 +302,9 @@ async def response_frames(items: Native, rb: ResponseBuilder) -> AsyncIterator[b
 @router.post("/v1/responses")
 async def responses(req: ResponsesRequest, ctx: Ctx) -> Response:
     log_ignored_fields("/v1/responses", req, CTX_FIELDS)
+    ignored = plan_tools(req.tools).ignored
+    if ignored:
+        log.warning("/v1/responses: leaving out hosted tools corral cannot run: %s", ", ".join(sorted(set(ignored))))
     items = await chat_events(ctx, to_chat_request(req))
     rb = ResponseBuilder(req)
     if not req.stream:

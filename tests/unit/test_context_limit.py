@@ -1,0 +1,102 @@
+"""A prompt with tools that does not fit num_ctx is a 400 naming the sizes, on every API that
+coding agents use (/api/chat, /v1/chat/completions, /v1/messages streamed or not, /v1/responses),
+never a prompt cut in the middle of its tool list. Without tools the old behaviour stays (oldest
+turns dropped, the runner truncates what is left)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from corral.config import Settings
+from corral.engine.fake import ScriptedEngine
+from corral.scheduler import Scheduler
+from corral.server.app import create_app
+from corral.store.store import Store
+from tests.unit.openai_env import make_model
+
+# The scripted runner counts whitespace-separated words as tokens.
+TOOLS = [{"type": "function", "function": {"name": f"tool_{i}", "description": "does things " * 10,
+                                            "parameters": {"type": "object"}}} for i in range(6)]
+TEMPLATE = ("{{ range .Tools }}{{ .Function.Name }}: {{ .Function.Description }} {{ end }}"
+            "{{ range .Messages }}{{ .Role }}: {{ .Content }} {{ end }}")
+
+
+class App:
+    def __init__(self, tmp_path: Path) -> None:
+        settings = Settings(home=tmp_path, context_length=64)
+        self.engine = ScriptedEngine()
+        store = Store(tmp_path / "models")
+        self.app = create_app(settings, store, scheduler=Scheduler(self.engine, settings), prune_on_start=False)
+        make_model(store, tmp_path, "agent", template=TEMPLATE)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        import httpx
+
+        async def main() -> Any:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:11434") as c:
+                return await c.post(path, json=body)
+
+        return asyncio.run(main())
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> App:
+    return App(tmp_path)
+
+
+def anthropic_tools() -> list[dict[str, Any]]:
+    return [{"name": t["function"]["name"], "description": t["function"]["description"],
+             "input_schema": {"type": "object"}} for t in TOOLS]
+
+
+def responses_tools() -> list[dict[str, Any]]:
+    return [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
+             "parameters": {"type": "object"}} for t in TOOLS]
+
+
+CASES = {
+    "native": ("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}),
+    "openai": ("/v1/chat/completions", {"model": "agent", "messages": [{"role": "user", "content": "hi"}],
+                                        "tools": TOOLS}),
+    "openai_stream": ("/v1/chat/completions", {"model": "agent", "stream": True, "tools": TOOLS,
+                                               "messages": [{"role": "user", "content": "hi"}]}),
+    "anthropic": ("/v1/messages", {"model": "agent", "max_tokens": 10, "tools": anthropic_tools(),
+                                   "messages": [{"role": "user", "content": "hi"}]}),
+    "anthropic_stream": ("/v1/messages", {"model": "agent", "max_tokens": 10, "stream": True,
+                                          "tools": anthropic_tools(), "messages": [{"role": "user", "content": "hi"}]}),
+    "responses_stream": ("/v1/responses", {"model": "agent", "input": "hi", "stream": True,
+                                           "tools": responses_tools()}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_too_large_with_tools_is_a_400_naming_the_sizes(app: App, case: str) -> None:
+    path, body = CASES[case]
+    r = app.post(path, body)
+    assert r.status_code == 400, r.text
+    text = r.text
+    assert "num_ctx=64" in text and "with 6 tools" in text and "tokens" in text
+    assert "CORRAL_CONTEXT_LENGTH" in text
+    assert not [p for runner in app.engine.runners for p in runner.prompts]  # nothing reached the engine
+
+
+def test_old_turns_are_still_dropped_to_fit_with_tools(app: App) -> None:
+    tools = TOOLS[:1]  # ~13 words of tools: fits once the long old turn is dropped
+    messages = [{"role": "user", "content": "old " * 80}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "new question"}]
+    r = app.post("/api/chat", {"model": "agent", "messages": messages, "tools": tools, "stream": False})
+    assert r.status_code == 200, r.text
+    prompt = app.engine.runners[0].prompts[0]
+    assert "tool_0" in prompt and "new question" in prompt and "old old" not in prompt
+
+
+def test_without_tools_the_runner_still_truncates(app: App) -> None:
+    r = app.post("/api/chat", {"model": "agent", "stream": False,
+                               "messages": [{"role": "user", "content": "word " * 200}]})
+    assert r.status_code == 200, r.text
+    assert app.engine.runners[0].prompts  # handed to the runner, which truncates (llama.cpp engine)
