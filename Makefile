@@ -28,9 +28,13 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# System packages some integration tests drive (Chromium and its driver for the /ui page),
-# installed from Debian when missing and we are root; otherwise those tests skip and say why.
+# System packages some integration tests drive (nginx for deploy/nginx/corral.conf, Chromium and its
+# driver for the /ui page), installed from Debian when missing and we are root; otherwise those
+# tests skip and say why.
 system-deps:
+	@if [ ! -x /usr/sbin/nginx ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
+	fi
 	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ] \
 		&& command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \

@@ -236,6 +236,11 @@ class Settings(BaseModel):
     rate_limit_tpm: int = Field(0, ge=0, description="tokens per minute per key; 0 = unlimited")
     stream_idle_timeout: str = Field("2m", description="drop a client that reads nothing for this long")
     header_timeout: str = Field("10s", description="time a client has to send request headers/body")
+    registry_mirror: str = Field("", description="pull through these mirrors first, comma separated "
+                                 "`[host=]url` (a bare url mirrors registry.ollama.ai)")
+    registry_mirror_key: str | None = Field(None, description="API key sent to the registry mirrors")
+    registry_mirror_of: str | None = Field(None, description="act as a pull-through mirror of this "
+                                           "registry URL for /v2 pulls")
     allow_from: tuple[str, ...] = Field((), description="client addresses/networks allowed (empty: all)")
     allow_from_routes: dict[str, tuple[str, ...]] = Field(
         default_factory=dict, description="route prefix -> allowed networks (overrides allow_from there)")
@@ -294,6 +299,18 @@ class Settings(BaseModel):
             if ModelName.try_parse(name) is None:
                 raise ValueError(f"invalid model name {name!r}")
         return value
+
+    @field_validator("registry_mirror", mode="after")
+    @classmethod
+    def _mirrors(cls, value: str) -> str:
+        for _, url in parse_mirror_list(value):
+            registry_url(url)
+        return value
+
+    @field_validator("registry_mirror_of", mode="after")
+    @classmethod
+    def _mirror_of(cls, value: str | None) -> str | None:
+        return None if value is None else registry_url(value)
 
     @field_validator("debug", mode="before")
     @classmethod
@@ -374,6 +391,11 @@ class Settings(BaseModel):
     @property
     def header_timeout_seconds(self) -> float:
         return env_duration_seconds(self.header_timeout)
+
+    @property
+    def registry_mirrors(self) -> list[tuple[str, str]]:
+        """(upstream host, mirror URL) pairs in order; "" is the default registry host."""
+        return parse_mirror_list(self.registry_mirror)
 
     @property
     def origin_list(self) -> list[str]:

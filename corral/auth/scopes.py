@@ -2,7 +2,8 @@
 
 Four scopes: `read` (list and inspect models), `infer` (run models), `manage` (change the model
 store), `admin` (keys, metrics). `admin` implies every other scope and `manage` implies `read`;
-`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe), and so are
+`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe), like
+`GET|HEAD /api/ready` (the readiness probe, which checks `read` itself before naming models), and so are
 `GET|HEAD /ui` and `/ui/*` (the web page's static files; its API calls need their own scopes). A route this
 module does not know needs `admin`, so a newly added route is closed until it is classified.
 """
@@ -46,8 +47,8 @@ def expand(scopes: frozenset[str]) -> frozenset[str]:
 def required_scope(method: str, path: str) -> str | None:
     """The scope a request needs, or None for the open liveness route."""
     method = method.upper()
-    if path == "/" and method in _READ_METHODS:
-        return None
+    if path in ("/", "/api/ready") and method in _READ_METHODS:
+        return None  # liveness and readiness probes; /api/ready names models only for `read`
     if (path == "/ui" or path.startswith("/ui/")) and method in _READ_METHODS:
         return None  # the web page and its static assets: the key prompt must load without a key
     if path in _READ:

@@ -1,17 +1,19 @@
 """An OCI distribution client over httpx (spec §7): manifests, blobs, uploads, auth retries.
 
 Owns URL building for a `ModelName`, the `http` only-with-insecure rule, the 401 -> token ->
-one-retry flow, retries with exponential backoff for connection errors and 5xx, and resolving a
-blob's direct URL without following cross-host redirects. Does not touch the store.
+one-retry flow, retries with exponential backoff for connection errors and 5xx, resolving a
+blob's direct URL without following cross-host redirects, and which registry mirror stands in for
+which registry host (`Mirror`). Does not touch the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -19,7 +21,7 @@ import httpx
 
 from corral import __version__
 from corral.errors import CorralError, NotFoundError, UnauthorizedError
-from corral.names import ModelName
+from corral.names import DEFAULT_HOST, ModelName
 from corral.registry.auth import Credentials, KeyPair, fetch_token, parse_challenge
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,44 @@ class RetryPolicy:
         time.sleep(min(self.max_sleep, self.base * (2**attempt)))
 
 
+# A mirror that does not answer is given up quickly: the upstream is still there to fall back on.
+MIRROR_RETRY = RetryPolicy(attempts=2, base=0.5)
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A registry that serves pulls for `upstream` (a registry host) from `url` (`http(s)://host`),
+    as a Docker registry mirror does: same repositories, same manifests, same blobs."""
+
+    upstream: str
+    url: str
+    key: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0]
+
+    @property
+    def host(self) -> str:
+        return self.url.partition("://")[2].rstrip("/")
+
+    def source(self, name: ModelName) -> ModelName:
+        """`name` as this mirror addresses it (its host, its scheme; same repository and tag)."""
+        return dataclasses.replace(name, host=self.host, scheme=self.scheme)
+
+    def options(self, opts: RegistryOptions) -> RegistryOptions:
+        """`opts` for talking to the mirror: its own credentials, quick retries, no mirrors of mirrors."""
+        creds = {self.host: Credentials(token=self.key)} if self.key else {}
+        return dataclasses.replace(
+            opts, insecure=self.scheme == "http", credentials=creds, retry=MIRROR_RETRY, mirrors=()
+        )
+
+
+def mirrors_from(pairs: Iterable[tuple[str, str]], key: str | None = None) -> tuple[Mirror, ...]:
+    """`(upstream host or "", url)` pairs (Settings.registry_mirrors) -> mirrors; "" is the default host."""
+    return tuple(Mirror((host or DEFAULT_HOST).lower(), url.rstrip("/"), key) for host, url in pairs)
+
+
 @dataclass
 class RegistryOptions:
     """Everything a registry conversation needs besides the name (all explicit, no env)."""
@@ -53,6 +93,11 @@ class RegistryOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float = 30.0
     transport: httpx.BaseTransport | None = None
+    mirrors: tuple[Mirror, ...] = ()
+
+    def mirrors_for(self, name: ModelName) -> list[Mirror]:
+        """The mirrors to try, in order, before `name`'s own registry."""
+        return [m for m in self.mirrors if m.upstream == name.host.lower()]
 
 
 def base_url(name: ModelName, insecure: bool) -> str:

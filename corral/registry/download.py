@@ -3,8 +3,9 @@
 Owns `blobs/sha256-<hex>-partial` (the sparse, pre-sized data file) and its
 `-partial-<N>` JSON part states `{"N","Offset","Size","Completed"}`, the ranged part fetches
 (retried with backoff), digest verification of the finished file and its rename into place,
-and the process-wide table that lets concurrent pulls of one digest share one download.
-Does not know about manifests or progress messages.
+and the process-wide table that lets concurrent pulls of one digest share one download
+(`active_download` finds a running one; `readable_end` and `subscribe` let a pull-through mirror
+serve bytes while they arrive). Does not know about manifests or progress messages.
 """
 
 from __future__ import annotations
@@ -81,11 +82,41 @@ class BlobDownload:
         self.error: BaseException | None = None
         self.resumed_bytes = 0
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
 
     @property
     def completed(self) -> int:
         with self._lock:
             return sum(p.completed for p in self.parts)
+
+    def readable_end(self, offset: int) -> int:
+        """The end of the bytes already written contiguously from `offset` (== offset: none yet).
+
+        Each part fills from its start, so `[offset, end)` inside one part is final data; the
+        blob's digest is checked only once every part is complete (`done` and no `error`).
+        """
+        with self._lock:
+            for p in self.parts:
+                if p.offset <= offset < p.offset + p.size:
+                    return max(offset, p.offset + p.completed)
+        return offset
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (from a download thread) whenever bytes arrive and when the download ends."""
+        with self._lock:
+            self._listeners.append(listener)
+        if self.done.is_set():
+            listener()
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     # Partial state ---------------------------------------------------------------------------
     def _state_path(self, n: int) -> Path:
@@ -150,6 +181,7 @@ class BlobDownload:
             self.error = _disk_error(e, self.partial)
         finally:
             self.done.set()
+            self._notify()
 
     def _fetch_part(self, client: RegistryClient, url: str, fd: int, part: Part) -> None:
         policy = client.opts.retry
@@ -181,6 +213,7 @@ class BlobDownload:
                     os.pwrite(fd, chunk, part.offset + part.completed)
                     with self._lock:
                         part.completed += len(chunk)
+                    self._notify()
                     unsaved += len(chunk)
                     if unsaved >= self.tuning.save_every:
                         self._save(part)
@@ -217,6 +250,13 @@ def _disk_error(e: BaseException, path: Path) -> BaseException:
             path, "downloading", "free some space and pull again (the partial download is kept and resumes)"
         )
     return e
+
+
+def active_download(blobs: BlobStore, digest: str) -> BlobDownload | None:
+    """The download of `digest` into this store that is running now, if any."""
+    with _ACTIVE_LOCK:
+        dl = _ACTIVE.get(str(blobs.path(digest).resolve()))
+    return dl if dl is not None and not dl.done.is_set() else None
 
 
 def shared_download(

@@ -5,15 +5,22 @@ layer (every ~60 ms), `verifying sha256 digest`, `writing manifest`, `removing u
 `success`. Blob transfer, resume and sharing live in `corral.registry.download`. The manifest
 is written last, byte-for-byte as received, only after every blob is in place and verified;
 until then the previously stored version of the model is untouched.
+
+With mirrors for the name's registry host (`RegistryOptions.mirrors`), each is tried first, in
+order; any failure there (unreachable, unauthorized, missing, a bad blob) falls back to the next
+and finally to the registry itself, with a status line saying so. Blobs already fetched from a
+mirror are kept (they are verified by digest), and a partial one resumes from the upstream.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator
 
 from corral.errors import CorralError, NotFoundError
 from corral.names import ModelName
-from corral.registry.client import RegistryClient, RegistryOptions
+from corral.registry.client import Mirror, RegistryClient, RegistryOptions
 from corral.registry.download import BlobDownload, DownloadTuning, shared_download
 from corral.schemas.native import ProgressResponse
 from corral.store.blobs import normalize_digest, touch
@@ -21,6 +28,7 @@ from corral.store.manifests import Layer, Manifest, ManifestError
 from corral.store.store import Store
 
 TICK = 0.06
+log = logging.getLogger(__name__)
 
 
 def pull_model(
@@ -29,12 +37,40 @@ def pull_model(
     opts: RegistryOptions,
     *,
     tuning: DownloadTuning | None = None,
+    manifest: bytes | None = None,
 ) -> Iterator[ProgressResponse]:
-    """Pull `name` into `store`, yielding progress; raises CorralError on failure."""
+    """Pull `name` into `store`, yielding progress; raises CorralError on failure.
+
+    `manifest`: the manifest's bytes when the caller already fetched them from `name`'s registry
+    (a pull-through mirror does); mirrors are then not consulted.
+    """
     tuning = tuning or DownloadTuning()
-    with RegistryClient(name, opts) as client, store.pinning() as pin:
+    for mirror in opts.mirrors_for(name) if manifest is None else []:
+        try:
+            yield from _pull(store, name, mirror.source(name), mirror.options(opts), tuning)
+            return
+        except CorralError as e:
+            yield _mirror_failed(mirror, name, e)
+    yield from _pull(store, name, name, dataclasses.replace(opts, mirrors=()), tuning, manifest)
+
+
+def _mirror_failed(mirror: Mirror, name: ModelName, e: CorralError) -> ProgressResponse:
+    log.warning("pull %s through mirror %s failed: %s; trying %s", name, mirror.url, e.message, name.host)
+    return ProgressResponse(status=f"mirror {mirror.url} failed ({e.message}); pulling from {name.host}")
+
+
+def _pull(
+    store: Store,
+    name: ModelName,
+    source: ModelName,
+    opts: RegistryOptions,
+    tuning: DownloadTuning,
+    raw_manifest: bytes | None = None,
+) -> Iterator[ProgressResponse]:
+    """Fetch `source`'s manifest (unless given) and blobs and store them as `name`."""
+    with RegistryClient(source, opts) as client, store.pinning() as pin:
         yield ProgressResponse(status="pulling manifest")
-        raw = client.get_manifest()
+        raw = client.get_manifest() if raw_manifest is None else raw_manifest
         try:
             manifest = Manifest.from_bytes(raw)
             for layer in manifest.all_layers():

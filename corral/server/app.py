@@ -22,6 +22,7 @@ from corral.server.allowlist import install_allowlist
 from corral.server.context import AppContext
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
+from corral.server.ready import router as ready_router
 from corral.server.registry_api import install_registry
 from corral.server.security import install_security
 from corral.server.ui import router as ui_router
@@ -79,6 +80,7 @@ def create_app(
     app.add_middleware(JSONBodies)
     install_allowlist(app, settings)  # outermost: refused addresses never reach authentication
     app.include_router(management_router)
+    app.include_router(ready_router)
     app.include_router(ui_router)
     install_registry(app, ctx)
     if ctx.scheduler is not None:

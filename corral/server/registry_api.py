@@ -23,12 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from corral.errors import BadRequestError, CorralError, DigestMismatchError, InsufficientStorageError
 from corral.names import DEFAULT_HOST, ModelName
 from corral.registry.auth import KeyPair, load_keypair
-from corral.registry.client import MANIFEST_V2, RegistryOptions
+from corral.registry.client import MANIFEST_V2, RegistryOptions, mirrors_from
 from corral.registry.hf import DEFAULT_ENDPOINT, is_hf_name, pull_hf
 from corral.registry.pull import pull_model
 from corral.registry.push import push_model
 from corral.schemas.native import ProgressResponse, PushRequest
 from corral.server.context import AppContext, get_ctx
+from corral.server.mirror import install_mirror
 from corral.server.stream import iterate_in_thread, respond
 from corral.server.uploads import TooManyUploadsError, UploadSession, UploadSessions, parse_content_range
 from corral.store.blobs import BlobWriter, normalize_digest
@@ -239,7 +240,8 @@ def registry_options(ctx: AppContext, *, insecure: bool) -> RegistryOptions:
             keypair = load_keypair(ctx.settings.home)
         except CorralError:
             keypair = None
-    return RegistryOptions(insecure=insecure, keypair=keypair)
+    mirrors = mirrors_from(ctx.settings.registry_mirrors, ctx.settings.registry_mirror_key)
+    return RegistryOptions(insecure=insecure, keypair=keypair, mirrors=mirrors)
 
 
 @router.post("/api/push")
@@ -266,6 +268,7 @@ def install_registry(app: FastAPI, ctx: AppContext) -> None:
     sessions = UploadSessions(ctx.store.blobs)
     sessions.clean_leftovers()
     ctx.extras[_UPLOADS] = sessions
+    install_mirror(app, ctx, lambda insecure: registry_options(ctx, insecure=insecure))  # routes first
     app.include_router(router)
 
 
