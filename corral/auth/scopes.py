@@ -2,8 +2,8 @@
 
 Four scopes: `read` (list and inspect models), `infer` (run models), `manage` (change the model
 store), `admin` (keys, metrics). `admin` implies every other scope and `manage` implies `read`;
-`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe), like
-`GET|HEAD /api/ready` (the readiness probe, which checks `read` itself before naming models), and so are
+`infer` implies nothing. `GET|HEAD /` is always open (it is the liveness probe), and so are
+`GET|HEAD /api/ready` (the readiness probe, which checks `read` itself before naming models) and
 `GET|HEAD /ui` and `/ui/*` (the web page's static files; its API calls need their own scopes). A route this
 module does not know needs `admin`, so a newly added route is closed until it is classified.
 """
