@@ -195,6 +195,23 @@ def _resolve_local(arg: str, base: Path) -> Path | None:
     return path if path.exists() else None
 
 
+_WEIGHTS = ("model*.safetensors", "consolidated*.safetensors")
+_SIDE_FILES = ("*.json", "*/*.json", "tokenizer.model", "*.jinja")
+
+
+def _model_files(arg: str, base: Path) -> dict[str, Path] | None:
+    """FROM's local files under the names the server sees: one GGUF, or a safetensors model
+    directory's weights with its JSON, tokenizer and template files (as Ollama's CLI picks them)."""
+    path = Path(arg).expanduser()
+    path = path if path.is_absolute() else base / path
+    weights = [p for pattern in _WEIGHTS for p in sorted(path.glob(pattern))] if path.is_dir() else []
+    if weights:
+        extra = [p for pattern in _SIDE_FILES for p in sorted(path.glob(pattern)) if not p.parent.name.startswith(".")]
+        return {p.relative_to(path).as_posix(): p for p in [*weights, *extra] if p.is_file()}
+    local = _resolve_local(arg, base)
+    return {local.name: local} if local is not None else None
+
+
 def _upload(c: Client, path: Path) -> str:
     with new_progress(console) as progress:
         task = progress.add_task(f"copying file {path.name}", total=path.stat().st_size)
@@ -207,9 +224,9 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
     source = str(fields.pop("from", ""))
     adapters = fields.pop("adapters", [])
     body: dict[str, Any] = {"model": name, **fields}
-    local = _resolve_local(source, base) if source else None
+    local = _model_files(source, base) if source else None
     if local is not None:
-        body["files"] = {local.name: _upload(c, local)}
+        body["files"] = {name: _upload(c, path) for name, path in local.items()}
     else:
         body["from"] = source
     if adapters:

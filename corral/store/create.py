@@ -6,8 +6,10 @@ Owns the create pipeline: validating the request, turning `files` into model/pro
 Modelfile options (TEMPLATE/SYSTEM replace, PARAMETERs merge over the base's, LICENSE appends,
 MESSAGEs replace only when given), writing the config blob and, last, the manifest. Every blob
 is written atomically and the manifest goes last, so a create killed midway leaves at most
-removable temp files. Does not parse Modelfiles (the client sends structured fields) and does
-not quantize.
+removable temp files. `files` holding `*.safetensors` are converted to GGUF (corral.convert, via
+corral.store.converted) and `quantize` runs llama.cpp's quantizer on an F16/F32/BF16 model; a
+failed create removes the blobs it wrote and the safetensors it was given (nothing else would
+use them). Does not parse Modelfiles (the client sends structured fields).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.convert import check_quantizable, parse_quant_type
 from corral.errors import BadRequestError, CorralError, GGUFError, InvalidNameError, ModelNotFoundError
 from corral.gguf import GGUFInfo, is_gguf, read_gguf
 from corral.names import ModelName
@@ -25,6 +28,7 @@ from corral.schemas.native import CreateRequest, ProgressResponse
 from corral.schemas.options import clean_options
 from corral.store import gojson, media
 from corral.store.blobs import normalize_digest
+from corral.store.converted import NewBlob, convert_model, quantize_blob, source_dir
 from corral.store.manifests import ConfigV2, Layer, Manifest, config_from_gguf
 from corral.store.store import Store
 from corral.template.builtin import detect_template
@@ -48,6 +52,7 @@ class _Draft:
     layers: list[Layer] = field(default_factory=list)
     statuses: dict[int, str] = field(default_factory=dict)  # id(layer) -> status
     config: ConfigV2 = field(default_factory=ConfigV2)
+    created: set[str] = field(default_factory=set)  # blobs this create added to the store
 
     def add(self, layer: Layer, status: str) -> None:
         self.layers.append(layer)
@@ -68,7 +73,17 @@ class _Draft:
             with self.store.lock:
                 digest, size = w.commit()
                 self.pin(digest)
+        if w.created:
+            self.created.add(digest)
         return Layer(media_type, digest, size), _status(w.created, digest)
+
+    def add_model(self, blob: NewBlob, index: int | None = None) -> None:
+        """A model blob a conversion or quantization produced (already pinned)."""
+        if blob.created:
+            self.created.add(blob.digest)
+        layer = Layer(media.MODEL, blob.digest, blob.size)
+        self.layers.insert(len(self.layers) if index is None else index, layer)
+        self.statuses[id(layer)] = _status(blob.created, blob.digest)
 
     def add_new(self, data: bytes, media_type: str) -> None:
         self.add(*self.new_blob(data, media_type))
@@ -96,12 +111,17 @@ def _validate_files(files: dict[str, str] | None) -> None:
         normalize_digest(digest)
 
 
+def _quant_level(req: CreateRequest) -> str | None:
+    wanted = req.quantize or req.quantization
+    return parse_quant_type(wanted) if wanted else None
+
+
+def _is_safetensors(files: dict[str, str] | None) -> bool:
+    return any(name.endswith(".safetensors") for name in files or {})
+
+
 def _check_request(req: CreateRequest) -> None:
-    if req.quantize or req.quantization:
-        raise BadRequestError(
-            "quantization is not supported yet: quantize the GGUF with llama.cpp's llama-quantize"
-            " before creating the model"
-        )
+    _quant_level(req)
     if req.adapters and len(req.adapters) > 1:
         raise BadRequestError("only one adapter is currently supported")
     _validate_files(req.files)
@@ -116,29 +136,49 @@ def create_model(
     if not target.is_valid():
         raise InvalidNameError()
     _check_request(req)
-    with store.pinning() as pin:
-        draft = _Draft(store, pin)
-        if req.from_:
-            yield from _from_model(store, req.from_, draft)
-        elif req.files:
-            yield from _from_files(store, req.files, draft, detect=req.template is None)
-        else:
-            raise BadRequestError("neither 'from' or 'files' was specified")
-        if req.adapters:
-            yield from _add_adapter(store, req.adapters, draft)
-        draft.config.renderer = req.renderer or draft.config.renderer
-        draft.config.parser = req.parser or draft.config.parser
-        draft.config.requires = req.requires or draft.config.requires
-        _apply_options(store, req, draft)
-        for layer in draft.layers:
-            yield ProgressResponse(status=draft.statuses[id(layer)])
-        draft.config.diff_ids = [layer.digest for layer in draft.layers]
-        config_layer, _ = draft.new_blob(draft.config.to_bytes(), media.CONFIG)
-        old = _old_digests(store, target)
-        yield ProgressResponse(status="writing manifest")
-        store.write_manifest(target, Manifest(config=config_layer, layers=draft.layers))
+    created: set[str] = set()
+    try:
+        with store.pinning() as pin:
+            old = yield from _build(store, target, req, _Draft(store, pin, created=created))
+    except CorralError:
+        sources = {normalize_digest(d) for d in (req.files or {}).values()} if _is_safetensors(req.files) else set()
+        store.remove_unreferenced(sources | created)
+        raise
     store.remove_unreferenced(old)
     yield ProgressResponse(status="success")
+
+
+def _build(
+    store: Store, target: ModelName, req: CreateRequest, draft: _Draft
+) -> Generator[ProgressResponse, None, set[str]]:
+    """Assemble the layers and write the manifest; returns the digests the old manifest used."""
+    level = _quant_level(req)
+    detect = req.template is None
+    if req.from_:
+        yield from _from_model(store, req.from_, draft)
+    elif req.files and _is_safetensors(req.files):
+        yield from _from_safetensors(store, req.files, draft, detect=detect, level=level)
+        level = None  # quantized during the conversion
+    elif req.files:
+        yield from _from_files(store, req.files, draft, detect=detect)
+    else:
+        raise BadRequestError("neither 'from' or 'files' was specified")
+    if level is not None:
+        yield from _quantize(store, draft, level)
+    if req.adapters:
+        yield from _add_adapter(store, req.adapters, draft)
+    draft.config.renderer = req.renderer or draft.config.renderer
+    draft.config.parser = req.parser or draft.config.parser
+    draft.config.requires = req.requires or draft.config.requires
+    _apply_options(store, req, draft)
+    for layer in draft.layers:
+        yield ProgressResponse(status=draft.statuses[id(layer)])
+    draft.config.diff_ids = [layer.digest for layer in draft.layers]
+    config_layer, _ = draft.new_blob(draft.config.to_bytes(), media.CONFIG)
+    old = _old_digests(store, target)
+    yield ProgressResponse(status="writing manifest")
+    store.write_manifest(target, Manifest(config=config_layer, layers=draft.layers))
+    return old
 
 
 # Base layers ---------------------------------------------------------------------------------
@@ -201,13 +241,48 @@ def _from_files(
     if first is None:
         raise BadRequestError(NOT_GGUF)
     draft.config = config_from_gguf(first)
-    if detect and first.chat_template:
-        builtin = detect_template(first.chat_template)
+    _autodetect(draft, first, detect=detect)
+
+
+def _autodetect(draft: _Draft, info: GGUFInfo, *, detect: bool, params: dict[str, Any] | None = None) -> None:
+    """The built-in template matching the GGUF's chat template, and its parameters (under
+    `params`: defaults a conversion found in generation_config.json)."""
+    merged = dict(params or {})
+    if detect and info.chat_template:
+        builtin = detect_template(info.chat_template)
         if builtin is not None:
             layer, _ = draft.new_blob(builtin.template.encode("utf-8"), media.TEMPLATE)
             draft.add(layer, f"using autodetected template {builtin.name}")
-            if builtin.params:
-                draft.add_new(_params_bytes(builtin.params), media.PARAMS)
+            merged.update(builtin.params)
+    if merged:
+        draft.add_new(_params_bytes(merged), media.PARAMS)
+
+
+def _from_safetensors(
+    store: Store, files: dict[str, str], draft: _Draft, *, detect: bool, level: str | None
+) -> Iterator[ProgressResponse]:
+    """Convert uploaded safetensors files (config.json, tokenizer files) into a GGUF model blob."""
+    with source_dir(store, files, draft.pin) as src:
+        blob, plan = yield from convert_model(store, src, draft.pin, level=level)
+    draft.add_model(blob)
+    _path, info = _read_gguf_blob(store, blob.digest)
+    draft.config = config_from_gguf(info)
+    _autodetect(draft, info, detect=detect, params=plan.params)
+
+
+def _quantize(store: Store, draft: _Draft, level: str) -> Iterator[ProgressResponse]:
+    """Replace the model layer by its quantization at `level` (F16/F32/BF16 sources only)."""
+    index = next((i for i, x in enumerate(draft.layers) if x.media_type == media.MODEL), None)
+    if index is None:
+        raise BadRequestError("the model has no weights to quantize")
+    source = draft.layers[index]
+    _path, info = _read_gguf_blob(store, source.digest)
+    check_quantizable(info.file_type)
+    blob = yield from quantize_blob(store, source.digest, info.file_type, level, draft.pin)
+    draft.layers.pop(index)
+    draft.add_model(blob, index)
+    _path, info = _read_gguf_blob(store, blob.digest)
+    draft.config.file_type = info.file_type
 
 
 def _add_adapter(store: Store, adapters: dict[str, str], draft: _Draft) -> Iterator[ProgressResponse]:

@@ -158,8 +158,8 @@ def test_create_from_model_merge_rules(store: Store, chatml_gguf: Path) -> None:
         ({}, BadRequestError, "neither 'from' or 'files' was specified"),
         ({"from": "nope:missing"}, ModelNotFoundError, "model 'nope:missing' not found"),
         ({"from": "../bad"}, InvalidNameError, "invalid model name"),
-        ({"from": "x", "quantize": "q4_K_M"}, BadRequestError, "quantization is not supported"),
-        ({"from": "x", "quantization": "q8_0"}, BadRequestError, "quantization is not supported"),
+        ({"from": "x", "quantize": "q3_Z"}, BadRequestError, "unsupported quantization type q3_Z - supported"),
+        ({"from": "x", "quantization": "f16"}, BadRequestError, "unsupported quantization type f16 - supported"),
         (
             {"from": "x", "adapters": {"a": "sha256:" + "1" * 64, "b": "sha256:" + "2" * 64}},
             BadRequestError,
