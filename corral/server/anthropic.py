@@ -17,7 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError, CorralError
@@ -27,6 +27,7 @@ from corral.schemas.openai import log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.inference import chat_events
 from corral.server.openai_stream import Native, sse_event, sse_response
+from corral.server.stream import until_disconnected
 
 router = APIRouter()
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -158,6 +159,7 @@ def to_chat_request(req: MessagesRequest) -> ChatRequest:
     return ChatRequest.model_validate({
         "model": req.model, "messages": messages, "options": options, "stream": True, "tools": tools or None,
         "tool_choice": native_tool_choice(req.tool_choice), "think": think_of(req),
+        "ignore_eos": bool(req.extras().get("ignore_eos", False)),
     })
 
 
@@ -276,8 +278,8 @@ async def event_frames(items: Native, events: EventStream) -> AsyncIterator[byte
 
 
 @router.post("/v1/messages")
-async def messages(req: MessagesRequest, ctx: Ctx) -> Response:
-    log_ignored_fields("/v1/messages", req)
+async def messages(req: MessagesRequest, ctx: Ctx, request: Request) -> Response:
+    log_ignored_fields("/v1/messages", req, frozenset({"ignore_eos"}))
     if not req.messages:
         raise BadRequestError("messages: at least one message is required")
     if req.max_tokens <= 0:
@@ -292,6 +294,6 @@ async def messages(req: MessagesRequest, ctx: Ctx) -> Response:
         items = await chat_events(ctx, native.model_copy(update={"think": None}))
     mid = new_id("msg")
     if not req.stream:
-        return JSONResponse(await collect(mid, req.model, items))
+        return JSONResponse(await until_disconnected(request, collect(mid, req.model, items)))
     events = EventStream(mid, req.model, estimate_input_tokens(req))
     return await sse_response(event_frames(items, events), stream_error)

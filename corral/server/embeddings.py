@@ -11,13 +11,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from corral.errors import BadRequestError, CorralError
 from corral.schemas.native import EmbeddingsRequest, EmbedRequest
 from corral.server.context import AppContext, Ctx
 from corral.server.runtime import leased, resolve_job, scheduler_of
+from corral.server.stream import until_disconnected
 
 router = APIRouter()
 FOREVER_YEARS = 300
@@ -41,8 +42,8 @@ def embed_inputs(value: Any) -> list[str]:
 
 
 @router.post("/api/embed")
-async def embed(req: EmbedRequest, ctx: Ctx) -> JSONResponse:
-    return JSONResponse(await embed_response(ctx, req))
+async def embed(req: EmbedRequest, ctx: Ctx, request: Request) -> JSONResponse:
+    return JSONResponse(await until_disconnected(request, embed_response(ctx, req)))
 
 
 async def embed_response(ctx: AppContext, req: EmbedRequest) -> dict[str, Any]:
@@ -69,13 +70,17 @@ async def embed_response(ctx: AppContext, req: EmbedRequest) -> dict[str, Any]:
 
 
 @router.post("/api/embeddings")
-async def embeddings(req: EmbeddingsRequest, ctx: Ctx) -> JSONResponse:
+async def embeddings(req: EmbeddingsRequest, ctx: Ctx, request: Request) -> JSONResponse:
+    return JSONResponse(await until_disconnected(request, legacy_embedding(ctx, req)))
+
+
+async def legacy_embedding(ctx: AppContext, req: EmbeddingsRequest) -> dict[str, Any]:
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, _load_ns):
         if not req.prompt:
-            return JSONResponse({"embedding": []})
+            return {"embedding": []}
         result = await runner.embed([req.prompt], truncate=True)
-    return JSONResponse({"embedding": result.embeddings[0]})
+    return {"embedding": result.embeddings[0]}
 
 
 @router.get("/api/ps")

@@ -2,7 +2,8 @@
 
 Each handler validates, resolves a `Job`, renders the prompt and streams the runner's chunks as
 Ollama's NDJSON (or one JSON object with `stream: false`). The lease on the runner is held inside
-the stream, so a client that disconnects closes the runner stream and frees its sequence.
+the stream, so a client that disconnects closes the runner stream and frees its sequence; with
+`stream: false` the collecting is abandoned the same way (`until_disconnected`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.engine.base import Chunk, GenerateParams, Metrics
@@ -31,7 +32,7 @@ from corral.server.runtime import (
     scheduler_of,
     with_model_preamble,
 )
-from corral.server.stream import respond
+from corral.server.stream import respond, until_disconnected
 
 router = APIRouter()
 THINK_LEVELS = ("low", "medium", "high", "max")
@@ -126,12 +127,12 @@ def decode_images(job: Job, images: list[str] | None, model: str) -> list[bytes]
 
 # /api/generate ---------------------------------------------------------------------------------
 @router.post("/api/generate")
-async def generate(req: GenerateRequest, ctx: Ctx) -> Response:
+async def generate(req: GenerateRequest, ctx: Ctx, request: Request) -> Response:
     items = await generate_events(ctx, req)
     if req.debug_render_only:
         return JSONResponse(await anext(items))
     if req.stream is False:
-        return JSONResponse(await collect_generate(items))
+        return JSONResponse(await until_disconnected(request, collect_generate(items)))
     return await respond(items, True)
 
 
@@ -217,12 +218,12 @@ async def collect_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, An
 
 # /api/chat ---------------------------------------------------------------------------------------
 @router.post("/api/chat")
-async def chat(req: ChatRequest, ctx: Ctx) -> Response:
+async def chat(req: ChatRequest, ctx: Ctx, request: Request) -> Response:
     items = await chat_events(ctx, req)
     if req.debug_render_only:
         return JSONResponse(await anext(items))
     if req.stream is False:
-        return JSONResponse(await collect_chat(items))
+        return JSONResponse(await until_disconnected(request, collect_chat(items)))
     return await respond(items, True)
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -30,6 +30,7 @@ from corral.schemas.openai import (
     ChatMessage,
     CompletionRequest,
     EmbeddingRequest,
+    OpenAIModel,
     log_ignored_fields,
 )
 from corral.server.context import AppContext, Ctx
@@ -48,6 +49,7 @@ from corral.server.openai_stream import (
     sse_response,
     usage_of,
 )
+from corral.server.stream import until_disconnected
 
 router = APIRouter()
 EFFORTS: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
@@ -204,7 +206,7 @@ def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
         "logprobs": bool(req.logprobs) or top > 0,
         "top_logprobs": top,
         "_debug_render_only": req.debug_render_only,
-        "ignore_eos": bool((req.model_extra or {}).get("ignore_eos", False)),
+        "ignore_eos": ignore_eos(req),
     })
 
 
@@ -223,7 +225,7 @@ def copies(native: ChatRequest, n: int) -> list[ChatRequest]:
 
 # Routes ------------------------------------------------------------------------------------------
 @router.post("/v1/chat/completions")
-async def chat_completions(req: ChatCompletionRequest, ctx: Ctx) -> Response:
+async def chat_completions(req: ChatCompletionRequest, ctx: Ctx, request: Request) -> Response:
     log_ignored_fields("/v1/chat/completions", req, CTX_FIELDS)
     native = to_chat_request(req)
     streams: list[Native] = [await chat_events(ctx, r) for r in copies(native, req.n or 1)]
@@ -231,7 +233,8 @@ async def chat_completions(req: ChatCompletionRequest, ctx: Ctx) -> Response:
         return JSONResponse(await anext(streams[0]))
     want_lp = native.logprobs
     if not req.stream:
-        return JSONResponse(await chat_completion(streams, req.model, want_logprobs=want_lp))
+        return JSONResponse(await until_disconnected(request, chat_completion(streams, req.model,
+                                                                              want_logprobs=want_lp)))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     chunker = ChatChunker(req.model, len(streams), include_usage=include_usage, want_logprobs=want_lp)
     return await sse_response(chat_sse(streams, chunker), openai_stream_error)
@@ -255,8 +258,13 @@ def to_generate_request(req: CompletionRequest) -> GenerateRequest:
     return GenerateRequest.model_validate({
         "model": req.model, "prompt": completion_prompt(req.prompt), "suffix": req.suffix, "stream": True,
         "options": sampling_options(req, req.max_tokens), "logprobs": req.logprobs is not None,
-        "top_logprobs": top,
+        "top_logprobs": top, "ignore_eos": ignore_eos(req),
     })
+
+
+def ignore_eos(req: OpenAIModel) -> bool:
+    """llama.cpp's `ignore_eos` extension, as a top-level body field on every /v1 route."""
+    return bool(req.extras().get("ignore_eos", False))
 
 
 def legacy_logprobs(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -278,26 +286,31 @@ def completion_object(cid: str, created: int, model: str, text: str, reason: str
 
 
 @router.post("/v1/completions")
-async def completions(req: CompletionRequest, ctx: Ctx) -> Response:
+async def completions(req: CompletionRequest, ctx: Ctx, request: Request) -> Response:
     log_ignored_fields("/v1/completions", req, CTX_FIELDS)
     native = to_generate_request(req)
     items = await generate_events(ctx, native)
     cid, created, want_lp = short_id("cmpl"), int(time.time()), native.logprobs
     if not req.stream:
-        text: list[str] = []
-        lps: list[dict[str, Any]] = []
-        last: dict[str, Any] = {}
-        async for item in items:
-            text.append(item.get("response", ""))
-            lps.extend(item.get("logprobs") or [])
-            last = item
-        reason = "length" if last.get("done_reason") == "length" else "stop"
-        body = completion_object(cid, created, req.model, "".join(text), reason, lps if want_lp else None)
-        body["usage"] = usage_of(last.get("prompt_eval_count", 0), last.get("eval_count", 0))
+        body = await until_disconnected(request, collect_completion(items, cid, created, req.model, want_lp))
         return JSONResponse(body)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     frames = completion_sse(items, cid, created, req.model, want_lp, include_usage)
     return await sse_response(frames, openai_stream_error)
+
+
+async def collect_completion(items: Native, cid: str, created: int, model: str, want_lp: bool) -> dict[str, Any]:
+    text: list[str] = []
+    lps: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    async for item in items:
+        text.append(item.get("response", ""))
+        lps.extend(item.get("logprobs") or [])
+        last = item
+    reason = "length" if last.get("done_reason") == "length" else "stop"
+    body = completion_object(cid, created, model, "".join(text), reason, lps if want_lp else None)
+    body["usage"] = usage_of(last.get("prompt_eval_count", 0), last.get("eval_count", 0))
+    return body
 
 
 async def completion_sse(items: Native, cid: str, created: int, model: str, want_lp: bool,
@@ -317,7 +330,7 @@ async def completion_sse(items: Native, cid: str, created: int, model: str, want
 
 
 @router.post("/v1/embeddings")
-async def embeddings(req: EmbeddingRequest, ctx: Ctx) -> JSONResponse:
+async def embeddings(req: EmbeddingRequest, ctx: Ctx, request: Request) -> JSONResponse:
     log_ignored_fields("/v1/embeddings", req, CTX_FIELDS)
     encoding = req.encoding_format or "float"
     if encoding not in ("float", "base64"):
@@ -327,7 +340,7 @@ async def embeddings(req: EmbeddingRequest, ctx: Ctx) -> JSONResponse:
         raise BadRequestError("invalid input")
     native = EmbedRequest(model=req.model, input=req.input, dimensions=req.dimensions,
                           options=extra_options(req.extras()) or None)
-    result = await embed_response(ctx, native)
+    result = await until_disconnected(request, embed_response(ctx, native))
     data = []
     for i, vec in enumerate(result["embeddings"]):
         value: Any = vec

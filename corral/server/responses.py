@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError, CorralError
@@ -29,9 +29,10 @@ from corral.schemas.native import ChatRequest
 from corral.schemas.openai import ResponsesRequest, log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.inference import chat_events
-from corral.server.openai import CTX_FIELDS, content_parts, extra_options, think_value
+from corral.server.openai import CTX_FIELDS, content_parts, extra_options, ignore_eos, think_value
 from corral.server.openai_stream import Native, sse_event, sse_response
 from corral.server.responses_tools import IGNORED_TOOLS_KEY, ToolPlan, call_item, flat_name, plan_tools
+from corral.server.stream import until_disconnected
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def to_chat_request(req: ResponsesRequest) -> ChatRequest:
     return ChatRequest.model_validate({
         "model": req.model, "messages": messages, "stream": True, "options": options,
         "tools": native_tools(req.tools), "tool_choice": req.tool_choice, "format": text_format(req.text),
-        "think": think_value(req.reasoning.effort if req.reasoning else None),
+        "think": think_value(req.reasoning.effort if req.reasoning else None), "ignore_eos": ignore_eos(req),
     })
 
 
@@ -299,8 +300,14 @@ async def response_frames(items: Native, rb: ResponseBuilder) -> AsyncIterator[b
                    response=rb.response(final))
 
 
+async def collect_response(items: Native, rb: ResponseBuilder) -> dict[str, Any]:
+    async for chunk in items:
+        rb.convert(chunk)
+    return rb.response(rb.final_status())
+
+
 @router.post("/v1/responses")
-async def responses(req: ResponsesRequest, ctx: Ctx) -> Response:
+async def responses(req: ResponsesRequest, ctx: Ctx, request: Request) -> Response:
     log_ignored_fields("/v1/responses", req, CTX_FIELDS)
     ignored = plan_tools(req.tools).ignored
     if ignored:
@@ -308,7 +315,5 @@ async def responses(req: ResponsesRequest, ctx: Ctx) -> Response:
     items = await chat_events(ctx, to_chat_request(req))
     rb = ResponseBuilder(req)
     if not req.stream:
-        async for chunk in items:
-            rb.convert(chunk)
-        return JSONResponse(rb.response(rb.final_status()))
+        return JSONResponse(await until_disconnected(request, collect_response(items, rb)))
     return await sse_response(response_frames(items, rb), lambda err: rb.event("error", message=err.message))

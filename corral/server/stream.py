@@ -3,6 +3,10 @@
 Ollama's convention (spec §1): `stream` defaults to true; a streamed response is NDJSON and an
 error after the first byte becomes a final `{"error": "..."}` line with status 200; with
 `stream: false` the last object (or the error, with its status) is returned as one JSON body.
+
+A streamed response stops when its client goes away (Starlette cancels the body); a non-streaming
+reply is collected under `until_disconnected`, which does the same for every non-streaming route:
+the collecting is cancelled, which closes the runner stream and so frees the sequence and its slot.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive
 
-from corral.errors import CorralError
+from corral.errors import CorralError, RequestCanceledError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +79,36 @@ async def iterate_in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
         stop.set()
         while not queue.empty():
             queue.get_nowait()
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` (a non-streaming reply being collected) unless its client goes away first.
+
+    A client that disconnects (timed out, closed) cancels the work and gets `RequestCanceledError`
+    (499, for the request log): the cancellation closes the runner stream inside the work, which
+    cancels the sequence in the runner and releases the scheduler slot, as a closed stream does.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request.receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if task.cancel():  # still running: the client left, or this handler itself was cancelled
+            await asyncio.wait({task})  # let it unwind (close the runner stream, release the lease)
+    if task.cancelled():
+        raise RequestCanceledError("client disconnected")
+    return task.result()
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return when the ASGI server reports `http.disconnect` (the body has been read already, so
+    `receive` blocks until then); a connection that cannot be read any more counts as gone."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception as exc:
+        log.debug("receive failed while watching for a disconnect: %r", exc)
 
 
 async def respond(items: AsyncIterator[Any], stream: bool | None) -> Response:
