@@ -7,6 +7,11 @@ keep-alive expiry and reloads when load-time options change. It sees models only
 Differences from Ollama, on purpose: the queue bound applies to every waiting request, including
 those waiting for a parallel slot of an already-loaded model (Ollama #7758); idle runners are
 evicted least-recently-used first; memory is checked before loading.
+
+Shutdown (SIGTERM) is immediate: every request still waiting for a slot or a load fails at once
+with 503 "server is shutting down", every runner is closed at once (killed if it has not exited
+within `SHUTDOWN_GRACE`), and a request whose runner goes away under it fails with that same
+error, so open streams end with it as their last line.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
@@ -28,6 +33,12 @@ from corral.errors import CorralError, RequestCanceledError, ServerBusyError
 
 log = logging.getLogger(__name__)
 GiB = 1024**3
+T = TypeVar("T")
+SHUTDOWN_GRACE = 1.0  # seconds a runner gets to exit by itself at shutdown before it is killed
+
+
+def shutting_down() -> CorralError:
+    return ServerBusyError("server is shutting down")
 
 
 def available_memory() -> int:
@@ -91,6 +102,7 @@ class Scheduler:
         self._changed = asyncio.Condition()
         self._reaper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
 
     # lifecycle -------------------------------------------------------------------------------
@@ -111,13 +123,15 @@ class Scheduler:
 
     async def _shutdown_all(self) -> None:
         self._stopping = True
+        self._stopped.set()  # waiters for slots and loads fail with 503 now
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        for entry in list(self.loaded.values()):
-            await self._unload(entry)
+        entries = list(self.loaded.values())
+        await asyncio.gather(*(self._unload(entry, timeout=SHUTDOWN_GRACE) for entry in entries))
+        await self._notify()
 
     async def _reap_loop(self) -> None:
         while True:
@@ -143,7 +157,7 @@ class Scheduler:
     async def lease(self, ref: ModelRef, keep_alive: float | None = None) -> AsyncIterator[Runner]:
         """Wait (bounded by max_queue) for a runner of `ref` with a free parallel slot."""
         if self._stopping:
-            raise CorralError("server is shutting down", status=503)
+            raise shutting_down()
         if self.pending >= self.settings.max_queue:
             raise ServerBusyError()
         self.pending += 1
@@ -158,6 +172,10 @@ class Scheduler:
                 await self._notify()
         try:
             yield acquired.runner
+        except CorralError as exc:
+            if self._stopping and exc.status >= 500:  # its runner was closed under it
+                raise shutting_down() from None
+            raise
         finally:
             await self._release(acquired)
 
@@ -165,8 +183,15 @@ class Scheduler:
         while True:
             entry = await self._runner_for(ref)
             entry.refcount += 1
+
+            async def give_back(_: object, sem: asyncio.Semaphore = entry.semaphore) -> None:
+                sem.release()
+
             try:
-                await entry.semaphore.acquire()
+                if entry.semaphore.locked():
+                    await self._unless_stopping(entry.semaphore.acquire(), give_back)
+                else:
+                    await entry.semaphore.acquire()  # free: taken at once, without suspending
             except BaseException:
                 entry.refcount -= 1
                 raise
@@ -178,6 +203,33 @@ class Scheduler:
             entry.semaphore.release()
             entry.refcount -= 1
             await self._unload(entry)
+
+    async def _unless_stopping(self, aw: Awaitable[T], undo: Callable[[T], Awaitable[object]]) -> T:
+        """Await `aw` (a slot, a load) unless the scheduler starts stopping first: then cancel it and
+        fail with 503. A result that arrives but is not handed out (stopping, or this request was
+        cancelled meanwhile) is given back with `undo`."""
+        if self._stopping:
+            raise shutting_down()
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await self._abandon(task, undo)
+            raise
+        finally:
+            stop.cancel()
+        if self._stopping:
+            await self._abandon(task, undo)
+            raise shutting_down()
+        return task.result()
+
+    @staticmethod
+    async def _abandon(task: asyncio.Future[T], undo: Callable[[T], Awaitable[object]]) -> None:
+        task.cancel()  # if still waiting: cancelling cleans up after itself (a load closes its runner)
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is None:
+            await undo(task.result())
 
     def _keep_alive(self, requested: float | None) -> float:
         return self.settings.keep_alive_seconds if requested is None else requested
@@ -203,6 +255,8 @@ class Scheduler:
     async def _runner_for(self, ref: ModelRef) -> LoadedRunner:
         """The loaded runner for `ref`, loading (and evicting) as needed."""
         while True:
+            if self._stopping:
+                raise shutting_down()
             key = str(ref.spec.model_path)
             entry = self.loaded.get(key)
             if entry is not None and entry.runner.alive and entry.ref.spec == ref.spec:
@@ -245,7 +299,7 @@ class Scheduler:
 
     async def _load(self, ref: ModelRef) -> LoadedRunner:
         started = time.monotonic()
-        runner = await self.engine.load(ref.spec)
+        runner = await self._unless_stopping(self.engine.load(ref.spec), lambda r: r.close())
         entry = LoadedRunner(
             ref=ref,
             runner=runner,
@@ -259,7 +313,7 @@ class Scheduler:
         log.info("loaded %s in %.2fs", ref.name, entry.load_duration)
         return entry
 
-    async def _unload(self, entry: LoadedRunner) -> None:
+    async def _unload(self, entry: LoadedRunner, *, timeout: float | None = None) -> None:
         if entry.closing:
             return
         entry.closing = True
@@ -269,7 +323,7 @@ class Scheduler:
         if self.loaded.get(key) is entry:
             del self.loaded[key]
         try:
-            await entry.runner.close()
+            await (entry.runner.close() if timeout is None else entry.runner.close(timeout=timeout))
         except Exception:
             log.exception("closing runner for %s failed", entry.ref.name)
         await self._notify()

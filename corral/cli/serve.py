@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 from types import FrameType
@@ -18,7 +19,7 @@ from corral.cli.listener import deadline_protocol
 from corral.config import Settings
 from corral.engine.llamacpp.proc import LlamaCppEngine
 from corral.registry.auth import KEY_NAME, ensure_keypair
-from corral.scheduler import Scheduler
+from corral.scheduler import SHUTDOWN_GRACE, Scheduler
 from corral.server.app import create_app
 from corral.server.requestlog import JsonFormatter, RequestIdFilter
 from corral.store.store import Store
@@ -91,7 +92,9 @@ def run_server(cfg: Settings) -> None:
         host=url.bind_host,
         port=url.port,
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        # at SIGTERM inference requests end within SHUTDOWN_GRACE (their runners are stopped, killed
+        # if need be); whatever is still open after this (a pull, a push) is cut
+        timeout_graceful_shutdown=math.ceil(SHUTDOWN_GRACE) + 1,
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=64 * 1024,
         ws_max_size=cfg.max_body,  # /api/ws messages are capped like JSON bodies
@@ -103,18 +106,25 @@ def run_server(cfg: Settings) -> None:
 
 
 class CorralServer(uvicorn.Server):
-    """uvicorn, but SIGTERM/SIGINT first stop the scheduler: open streams end at once with an
-    error line and the runner processes exit, instead of streams being cut after the grace period."""
+    """uvicorn, but SIGTERM/SIGINT stop the scheduler at once, before uvicorn's graceful shutdown
+    waits for open connections: queued requests get 503, open streams end with an error line,
+    in-flight requests get an error response and the runner processes exit, so the connections
+    close by themselves and the lifespan shutdown (which awaits the same scheduler stop) follows."""
 
     def __init__(self, config: uvicorn.Config, scheduler: Scheduler | None) -> None:
         super().__init__(config)
         self.scheduler = scheduler
         self._stopping_scheduler = False
+        self._stopper: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.scheduler is not None and not self._stopping_scheduler:
             self._stopping_scheduler = True
             scheduler = self.scheduler
             loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(lambda: loop.create_task(scheduler.shutdown()))
+
+            def stop() -> None:
+                self._stopper = loop.create_task(scheduler.shutdown())
+
+            loop.call_soon_threadsafe(stop)
         super().handle_exit(sig, frame)

@@ -116,7 +116,9 @@ class Runner(Protocol):
 
     async def detokenize(self, tokens: list[int]) -> str: ...
 
-    async def close(self) -> None: ...
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop: open streams end with an error; a process not gone within `timeout` s is killed."""
+        ...
 
 
 class Engine(Protocol):

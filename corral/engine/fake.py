@@ -41,7 +41,7 @@ class ScriptedRunner:
             limit = params.options.num_predict if params.options.num_predict >= 0 else len(self.words)
             count = 0
             for word in self.words[:limit]:
-                if self.dead:
+                if self.dead or self.closed:  # closing ends the runner, and its streams with it
                     raise RunnerStoppedError()
                 await asyncio.sleep(self.delay)
                 count += 1
@@ -63,7 +63,7 @@ class ScriptedRunner:
     async def detokenize(self, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         self.closed = True
 
 
