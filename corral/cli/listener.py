@@ -34,6 +34,12 @@ def deadline_protocol(seconds: float) -> type[asyncio.Protocol]:
             if self.cycle is waiting_for and not self.transport.is_closing():
                 self.transport.close()
 
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            # The connection now belongs to the WebSocket protocol: no header deadline any more.
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().handle_websocket_upgrade(event)
+
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._arm()

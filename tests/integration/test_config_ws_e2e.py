@@ -27,6 +27,7 @@ num_parallel = 4
 context_length = 2048
 allow_from = ["127.0.0.1", "127.0.0.2"]
 trusted_proxies = ["127.0.0.2"]
+header_timeout = "5s"
 
 [allow_from_routes]
 "/metrics" = ["127.0.0.2"]
@@ -199,6 +200,15 @@ def test_ws_errors_and_authentication(srv: Srv) -> None:
         assert "unknown message type" in recv(ws)["error"]
         ws.send(chat("ok", {"num_predict": 2}))
         assert until_ended(ws, {"ok"})[-1]["done"] is True
+
+
+def test_ws_outlives_the_header_deadline(srv: Srv) -> None:
+    # the slow-loris deadline (header_timeout, 5 s here) guards request headers; an upgraded
+    # socket is past them and must not be cut when it fires
+    with srv.ws(srv.infer) as ws:
+        time.sleep(6)  # idle past the deadline: the behaviour under test
+        ws.send(json.dumps({"type": "ping", "id": 1}))
+        assert recv(ws, 30) == {"type": "pong", "id": 1}
 
 
 def test_corral_run_llama_flags(srv: Srv) -> None:
