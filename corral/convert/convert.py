@@ -113,7 +113,10 @@ class Conversion:
     def _array(self, t: PlannedTensor) -> np.ndarray[Any, Any]:
         data = t.data if t.source is None else load(t.source)
         assert data is not None
-        data = self.arch.transform(t.name, data, self.hparams)
+        try:
+            data = self.arch.transform(t.name, data, self.hparams)
+        except ValueError as e:  # a shape the hyperparameters cannot split into heads
+            raise BadRequestError(f"tensor {t.name} does not fit config.json: {e}") from None
         if data.shape != t.shape:
             raise BadRequestError(f"tensor {t.name}: shape {data.shape} differs from the planned {t.shape}")
         return cast(data, t.qtype)

