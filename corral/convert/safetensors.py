@@ -116,7 +116,8 @@ def read_index(path: Path) -> list[TensorRef]:
 
 
 def load(ref: TensorRef) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """One floating-point tensor as a float32 array of its shape (reads only its bytes)."""
+    """One floating-point tensor as a float32 array of its shape (reads only its bytes; may be
+    read-only)."""
     if ref.dtype not in FLOAT_DTYPES:
         raise BadRequestError(f"tensor {ref.name} has dtype {ref.dtype}: only float tensors can be converted")
     dtype = _NUMPY[ref.dtype]
@@ -128,9 +129,11 @@ def load(ref: TensorRef) -> np.ndarray[Any, np.dtype[np.float32]]:
         raise BadRequestError(f"{ref.path.name}: cannot read tensor {ref.name}: {e.strerror or e}") from None
     if len(raw) != ref.nbytes:
         raise corrupt(ref.path, f"tensor {ref.name} is truncated")
-    data = np.frombuffer(raw, dtype=dtype)
+    data = np.frombuffer(raw, dtype=dtype)  # read-only, no copy
     if ref.dtype == "BF16":
         out = (data.astype(np.uint32) << 16).view(np.float32)
+    elif ref.dtype == "F32":
+        out = data.astype(np.float32, copy=False)
     else:
         out = data.astype(np.float32)
     return out.reshape(ref.shape)
