@@ -144,9 +144,12 @@ def _from_tokenizer_json(
     tok: Any,
 ) -> tuple[str, list[str], list[int], list[float] | None, bool | None, str]:
     model = tok.get("model") if isinstance(tok, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
+    kind = model.get("type") if isinstance(model, dict) else None
+    if kind not in ("WordPiece", "BPE"):
+        raise BadRequestError(f"tokenizer.json: unsupported tokenizer model {kind!r}")
+    assert isinstance(model, dict)
+    if not isinstance(model.get("vocab"), dict):
         raise BadRequestError("tokenizer.json: no model vocabulary")
-    kind = model.get("type")
     added = {
         a["id"]: a for a in tok.get("added_tokens") or [] if isinstance(a, dict) and isinstance(a.get("id"), int)
     }
@@ -156,10 +159,8 @@ def _from_tokenizer_json(
     if kind == "BPE" and model.get("byte_fallback"):
         tokens, types, scores = _bpe_scored(by_id, added, model)
         return "llama", tokens, types, scores, _adds_space_prefix(tok), "default"
-    if kind == "BPE":
-        tokens, types = _bpe(by_id, added)
-        return "gpt2", tokens, types, None, None, _bpe_pre(tok)
-    raise BadRequestError(f"tokenizer.json: unsupported tokenizer model {kind!r}")
+    tokens, types = _bpe(by_id, added)
+    return "gpt2", tokens, types, None, None, _bpe_pre(tok)
 
 
 def _by_id(vocab: dict[str, Any], added: dict[int, dict[str, Any]]) -> list[str | None]:
