@@ -26,14 +26,30 @@ def tool_call_id() -> str:
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
+def _xml_open(tag: str) -> bool:
+    return tag.startswith("<") and tag.endswith(">") and not tag.startswith("</")
+
+
+def list_tag_head(tag: str | None) -> str | None:
+    """`<x>` for a tag `<x>[`: an XML tag that opens a JSON list of calls (SmolLM2's
+    `<tool_call>[{...}, ...]</tool_call>`); None for any other tag."""
+    body = (tag or "").rstrip()
+    if not body.endswith("["):
+        return None
+    head = body[:-1].rstrip()
+    return head if _xml_open(head) else None
+
+
 def closing_tag(tag: str | None) -> str:
-    """The text that closes a tool-call tag: `</x>` for `<x>`, `]` for a tag ending in `[`."""
+    """The text that closes a tool-call tag: `</x>` for `<x>`, `]</x>` for `<x>[`, `]` for
+    another tag ending in `[` (`[TOOL_CALLS] [`)."""
     if not tag or tag == "{":
         return ""
-    if tag.startswith("<") and tag.endswith(">") and not tag.startswith("</"):
+    if _xml_open(tag):
         return "</" + tag[1:]
     if tag.rstrip().endswith("["):
-        return "]"
+        head = list_tag_head(tag)
+        return "]" + (closing_tag(head) if head else "")
     return ""
 
 
@@ -77,11 +93,14 @@ class ToolCallParser:
     the template has none: then a call is recognised only when the output starts with `{`/`[`.
     With tools given, bare or ```json-fenced JSON at the start of the output is also a call.
     A call is `{"name": ..., "arguments"|"parameters": {...}}` or a JSON array of those; the name
-    must be one of the tools' names (the earliest, longest one mentioned wins). Anything that
-    turns out not to be a call is returned as content, unchanged.
+    must be one of the tools' names (the earliest, longest one mentioned wins). A `[` right after
+    the tag opens a list whose calls are read one by one (`<tool_call>[{...}, {...}]</tool_call>`,
+    SmolLM2's format; a tag `<x>[` is read as `<x>` followed by such a list; an empty list is no
+    call). Anything that turns out not to be a call is returned as content, unchanged.
     """
 
     def __init__(self, tag: str | None, tools: Sequence[Tool]) -> None:
+        tag = list_tag_head(tag) or tag
         self.tag = tag if tag and tag != "{" else None
         self.close = closing_tag(tag)
         self.names = sorted({t.function.name for t in tools}, key=len, reverse=True)
@@ -90,6 +109,8 @@ class ToolCallParser:
         self._raw = ""  # text consumed since the current candidate call began (for fallback)
         self._mode = "start"  # start | text | call | after
         self._fenced = False
+        self._tagged = False  # the candidate call follows the tag directly (a `[` there opens a list)
+        self._in_list = False  # inside a list of calls opened right after the tag
 
     # -- public ------------------------------------------------------------------------------
     def feed(self, text: str) -> tuple[str, list[ToolCall]]:
@@ -142,6 +163,7 @@ class ToolCallParser:
         self._raw += self._buf[:skip]
         self._buf = self._buf[skip:]
         self._fenced = fenced
+        self._tagged = False
         self._mode = "call"
         return True
 
@@ -156,6 +178,7 @@ class ToolCallParser:
             self._raw = self.tag
             self._buf = self._buf[at + len(self.tag):]
             self._fenced = False
+            self._tagged = True
             self._mode = "call"
             return True
         keep = 0 if final else _partial_suffix(self._buf, self.tag)
@@ -167,6 +190,13 @@ class ToolCallParser:
         body = self._buf.lstrip(_WS)
         if not body:
             return False
+        if self._tagged and body[0] == "[":
+            self._raw += self._buf[: len(self._buf) - len(body) + 1]
+            self._buf, self._tagged, self._in_list = body[1:], False, True
+            return True
+        if self._in_list and body[0] == "]":  # `[]` right after the tag: an empty list, no call
+            self._raw, self._buf, self._mode = "", body, "after"
+            return True
         if body[0] not in "{[":
             return self._give_up(out)
         end = balanced_end(body, 0)
@@ -178,24 +208,30 @@ class ToolCallParser:
         calls.extend(found)
         self._buf = body[end:]
         self._raw = ""
+        self._tagged = False
         self._mode = "after"
         return True
 
     def _after(self, out: list[str], calls: list[ToolCall], final: bool) -> bool:
         """Between calls: skip separators and closing tags; another call or plain text follows."""
         body = self._buf.lstrip(_WS + ",")
+        if self._in_list and body.startswith("]"):
+            self._buf, self._in_list = body[1:], False
+            return True
         if self.close == "]":
             body = body.lstrip("]" + _WS)
         for token in (self.close, _FENCE if self._fenced else ""):
             if token and body.startswith(token):
                 self._buf = body[len(token):]
                 self._fenced = self._fenced and token != _FENCE
+                self._in_list = self._in_list and token != self.close
                 return True
         if not body:
             self._buf = ""
             return False
         if self.tag and body.startswith(self.tag):
             self._raw, self._buf, self._mode = self.tag, body[len(self.tag):], "call"
+            self._tagged, self._in_list = True, False
             return True
         if body[0] in "{[":
             self._buf, self._mode = body, "call"
@@ -204,7 +240,7 @@ class ToolCallParser:
         if not final and any(t.startswith(body) for t in candidates):
             self._buf = body
             return False
-        self._buf = body
+        self._buf, self._in_list = body, False
         self._mode = "text"
         return True
 
@@ -212,6 +248,7 @@ class ToolCallParser:
         """Not a tool call after all: everything consumed for it is content."""
         out.append(self._raw + self._buf)
         self._raw = self._buf = ""
+        self._tagged = self._in_list = False
         self._mode = "text"
         return False
 

@@ -199,6 +199,12 @@ def test_tool_call_grammar_in_template_format() -> None:
     assert any('"\\"odd\\""' in c and c.rstrip().endswith('object ws "}"') for c in calls)  # fallback
 
 
+def test_tool_call_grammar_for_a_list_tag_closes_list_and_tag() -> None:
+    """SmolLM2's template implies the tag `<tool_call>[`: the forced call is `<tool_call>[ {...} ]</tool_call>`."""
+    r = well_formed(tool_call_grammar([WEATHER], "<tool_call>[", None))
+    assert r["root"].startswith('"<tool_call>[" ws (') and r["root"].endswith('ws "]</tool_call>"')
+
+
 def test_tool_call_grammar_named_and_untagged() -> None:
     r = well_formed(tool_call_grammar([WEATHER, ODD], None, "get_weather"))
     assert not r["root"].startswith('"<')

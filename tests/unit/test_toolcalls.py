@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.schemas.native import Tool, ToolCall
-from corral.toolcalls import ToolCallParser, balanced_end, closing_tag, tool_call_id
+from corral.toolcalls import ToolCallParser, balanced_end, closing_tag, list_tag_head, tool_call_id
 
 TOOLS = [
     Tool.model_validate({"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -41,6 +41,39 @@ def test_ids_and_closing_tags() -> None:
     assert closing_tag("[TOOL_CALLS] [") == "]"
     assert closing_tag("{") == ""
     assert closing_tag(None) == ""
+    assert closing_tag("<tool_call>[") == "]</tool_call>"
+    assert list_tag_head("<tool_call>[") == "<tool_call>" and list_tag_head("<tool_call> [") == "<tool_call>"
+    assert list_tag_head("[TOOL_CALLS] [") is None and list_tag_head("<tool_call>") is None
+
+
+SMOL = "<tool_call>["  # the tag SmolLM2's template implies (Ollama's parseTag on `<tool_call>[\n{{ range ...`)
+
+
+def test_smollm2_list_of_calls() -> None:
+    text = ('<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+            '{"name": "add", "arguments": {"a": 1}}\n]</tool_call>')
+    for tag in (SMOL, "<tool_call>"):
+        content, calls = run([text], tag=tag)
+        assert content == ""
+        assert simple(calls) == [(0, "get_weather", {"city": "Paris"}), (1, "add", {"a": 1})]
+
+
+def test_smollm2_template_rendering_and_spacing_variants() -> None:
+    call = '{"name": "add", "arguments": {"a": 1}}'
+    for text in (f"<tool_call>[\n{call}{call}\n]</tool_call>",  # the template's own rendering: no comma
+                 f"<tool_call>\n[ {call} ,\n {call} ]\n</tool_call>",
+                 f"<tool_call>[{call}, {call},]</tool_call>"):
+        content, calls = run([text], tag=SMOL)
+        assert content == "" and simple(calls) == [(0, "add", {"a": 1}), (1, "add", {"a": 1})], text
+
+
+def test_smollm2_empty_list_is_no_call_and_bad_items_stay_content() -> None:
+    assert run(["<tool_call>[]</tool_call>"], tag=SMOL) == ("", [])
+    assert run(["<tool_call>[ ]</tool_call> Nothing to call."], tag=SMOL) == ("Nothing to call.", [])
+    for text in ('<tool_call>[{"name": "launch", "arguments": {}}]</tool_call>',
+                 "<tool_call>[get_weather(city='Paris')]</tool_call>", "<tool_call>[", "Sure: <tool_call>["):
+        assert run([text], tag=SMOL) == (text, []), text
+        assert run(list(text), tag=SMOL) == (text, []), text
 
 
 def test_balanced_end_respects_strings() -> None:
@@ -133,18 +166,43 @@ STREAMS = st.sampled_from([
     '<tool_call>{"name": "get_weather", "arguments": {oops}}</tool_call>',
     "no calls here < tool_call > at all",
     "<tool_call",
+    f"<tool_call>[\n{CALL},\n{CALL}\n]</tool_call>",
+    f"On it. <tool_call>[\n{CALL}{CALL}\n]</tool_call> ok",
+    "<tool_call>[]</tool_call>",
+    f"<tool_call>\n[{CALL}]\n</tool_call>",
+    '<tool_call>[{"name": "get_weather", "arguments": {oops}}]</tool_call>',
+    f"<tool_call>[{CALL}, [oops]]</tool_call>",
 ])
 
 
-@settings(max_examples=300, deadline=None)
-@given(STREAMS, st.lists(st.integers(min_value=0, max_value=200), max_size=10))
-def test_any_split_equals_one_piece(text: str, cuts: list[int]) -> None:
+@settings(max_examples=400, deadline=None)
+@given(STREAMS, st.lists(st.integers(min_value=0, max_value=200), max_size=10), st.sampled_from(["<tool_call>", SMOL]))
+def test_any_split_equals_one_piece(text: str, cuts: list[int], tag: str) -> None:
     points = sorted({c % (len(text) + 1) for c in cuts})
     bounds = [0, *points, len(text)]
     pieces = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    whole_content, whole_calls = run([text])
-    content, calls = run(pieces)
+    whole_content, whole_calls = run([text], tag=tag)
+    content, calls = run(pieces, tag=tag)
     assert content == whole_content
     assert simple(calls) == simple(whole_calls)
-    char_content, char_calls = run(list(text))
+    char_content, char_calls = run(list(text), tag=tag)
     assert char_content == whole_content and simple(char_calls) == simple(whole_calls)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["get_weather", "add"]),
+                          st.dictionaries(st.text("abc", min_size=1, max_size=3), st.integers())),
+                min_size=1, max_size=4),
+       st.sampled_from([",\n", ", ", "", "\n"]),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=12))
+def test_smollm2_lists_parse_whole_and_split(items: list[tuple[str, dict[str, int]]], sep: str,
+                                             cuts: list[int]) -> None:
+    """Any list of calls in SmolLM2's format is read back as exactly those calls, for any split."""
+    body = sep.join(json.dumps({"name": name, "arguments": args}) for name, args in items)
+    text = f"<tool_call>[\n{body}\n]</tool_call>"
+    points = sorted({c % (len(text) + 1) for c in cuts})
+    pieces = [text[a:b] for a, b in itertools.pairwise([0, *points, len(text)])]
+    want = [(i, name, args) for i, (name, args) in enumerate(items)]
+    for parts in ([text], pieces):
+        content, calls = run(parts, tag=SMOL)
+        assert content == "" and simple(calls) == want
