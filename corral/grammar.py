@@ -9,7 +9,8 @@ Supported schema: type (and type lists), properties/required/additionalPropertie
 minItems/maxItems, enum, const, anyOf/oneOf, single-element allOf, $ref into $defs/definitions,
 string minLength/maxLength/pattern (a regex subset)/format (date, time, date-time, uuid),
 number/integer/boolean/null. Number bounds (minimum, maximum, multipleOf, ...) are accepted but
-not enforced, except that `minimum >= 0` forbids a sign. Anything else is a 400 naming it.
+not enforced, except that `minimum >= 0` forbids a sign. Anything else is a 400 naming it, and
+so is a schema (or pattern) nested deeper than `MAX_SCHEMA_DEPTH` levels: the converter recurses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 from corral.errors import BadRequestError
 from corral.schemas.native import Tool
 from corral.toolcalls import closing_tag
+
+MAX_SCHEMA_DEPTH = 64
+"""Deepest nesting of subschemas (and of groups in a `pattern`) the converter accepts."""
 
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
                 "deprecated", "readOnly", "writeOnly", "$defs", "definitions", "nullable"}
@@ -87,6 +91,13 @@ def check_format(value: Any) -> dict[str, Any] | str | None:
     raise BadRequestError(f'invalid format: {json.dumps(value)}; expected "json" or a valid JSON Schema object')
 
 
+class SchemaTooDeepError(BadRequestError):
+    """A schema or pattern nested deeper than `MAX_SCHEMA_DEPTH` (a 400 that names the limit)."""
+
+    def __init__(self, what: str = "JSON schema") -> None:
+        super().__init__(f"{what} is nested too deeply (limit {MAX_SCHEMA_DEPTH} levels)")
+
+
 class _Builder:
     """Accumulates named rules; identical bodies share one rule."""
 
@@ -96,6 +107,7 @@ class _Builder:
         self.by_body: dict[str, str] = {}
         self.ref_stack: list[str] = []
         self.prefix = ""
+        self.depth = 0
 
     def primitive(self, name: str) -> str:
         if name not in self.rules:
@@ -123,6 +135,15 @@ class _Builder:
     # -- schema ------------------------------------------------------------------------------
     def visit(self, schema: Any, hint: str) -> str:
         """A GBNF expression (usually a rule name) matching the schema's JSON values."""
+        if self.depth >= MAX_SCHEMA_DEPTH:
+            raise SchemaTooDeepError()
+        self.depth += 1
+        try:
+            return self._visit(schema, hint)
+        finally:
+            self.depth -= 1
+
+    def _visit(self, schema: Any, hint: str) -> str:
         if schema is True or schema == {}:
             return self.primitive("value")
         if not isinstance(schema, dict):
@@ -266,6 +287,7 @@ class _Regex:
     def __init__(self, pattern: str) -> None:
         self.src = pattern
         self.pos = 0
+        self.depth = 0
 
     def fail(self, what: str) -> BadRequestError:
         return BadRequestError(f"unsupported JSON schema pattern {self.src!r}: {what}")
@@ -299,11 +321,15 @@ class _Regex:
         c = self.peek()
         self.pos += 1
         if c == "(":
+            if self.depth >= MAX_SCHEMA_DEPTH:
+                raise SchemaTooDeepError("JSON schema pattern")
             if self.src.startswith("?:", self.pos):
                 self.pos += 2
             elif self.peek() == "?":
                 raise self.fail("lookaround and named groups")
+            self.depth += 1
             inner = self.alternation()
+            self.depth -= 1
             if self.peek() != ")":
                 raise self.fail("unbalanced parenthesis")
             self.pos += 1

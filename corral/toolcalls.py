@@ -256,7 +256,7 @@ class ToolCallParser:
     def _calls_from(self, text: str) -> list[ToolCall] | None:
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the interpreter's limit
             return None
         items = data if isinstance(data, list) else [data]
         if not items:
@@ -283,7 +283,7 @@ class ToolCallParser:
         if isinstance(args, str):
             try:
                 args = json.loads(args) if args.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(args, dict):
             return None
