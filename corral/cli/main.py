@@ -248,7 +248,11 @@ def create(model: str, modelfile: Path | None, quantize: str | None) -> None:
     """Create a model from a Modelfile."""
     path = modelfile or Path("Modelfile")
     if path.exists():
-        text, base = path.read_text(encoding="utf-8"), path.resolve().parent
+        try:
+            text, base = path.read_text(encoding="utf-8"), path.resolve().parent
+        except UnicodeDecodeError as exc:
+            fail(f"{path}: not valid UTF-8 text (byte {exc.start}); a Modelfile must be UTF-8")
+            return
     elif modelfile is not None:
         fail(f"open {modelfile}: no such file or directory")
         return

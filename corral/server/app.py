@@ -19,6 +19,7 @@ from corral import __version__
 from corral.config import Settings
 from corral.scheduler import Scheduler
 from corral.server.allowlist import install_allowlist
+from corral.server.bodycheck import JSONBodyCheck
 from corral.server.context import AppContext
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
@@ -76,6 +77,7 @@ def create_app(
     app = FastAPI(title="corral", version=__version__, lifespan=lifespan)
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.add_middleware(JSONBodyCheck)  # innermost: sees the body the security middleware buffered
     install_security(app, ctx)
     app.add_middleware(JSONBodies)
     install_allowlist(app, settings)  # outermost: refused addresses never reach authentication
