@@ -33,6 +33,7 @@ Emit = Callable[[dict[str, Any]], None]
 # A new prompt sharing at least this many more tokens with a sequence still being prefilled waits
 # for that prefill and copies the computed prefix instead of computing it a second time.
 SHARE_MIN_TOKENS = 32
+UNLOADED = "the model was unloaded before this request finished"
 
 
 @dataclass
@@ -96,6 +97,7 @@ class BatchLoop:
         self.stats = StepStats()
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
+        self.on_stopped: Callable[[], None] | None = None  # called on the loop thread after the last flush
         self._out: list[tuple[Emit, dict[str, Any]]] = []
 
     # --- thread-safe entry points ----------------------------------------------------------
@@ -111,10 +113,13 @@ class BatchLoop:
                     self._handle(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            self._seat_waiting()
-            if self.active:
-                self.step()
+            if self.running:
+                self._seat_waiting()
+                if self.active:
+                    self.step()
             self._flush()
+        if self.on_stopped is not None:
+            self.on_stopped()
 
     def _send(self, emit: Emit, ev: dict[str, Any]) -> None:
         self._out.append((emit, ev))
@@ -135,6 +140,9 @@ class BatchLoop:
         kind = msg[0]
         if kind == "generate":
             _, rid, params, emit = msg
+            if not self.running:
+                self._send(emit, error_event(CorralError(UNLOADED)))
+                return
             try:
                 self.waiting.append((rid, params, emit, self._prepare(params)))
             except CorralError as exc:
@@ -147,8 +155,18 @@ class BatchLoop:
                 self._send(emit, fn())
             except Exception as exc:
                 self._send(emit, error_event(exc))
-        elif kind == "stop":
-            self.running = False
+        elif kind == "stop" and self.running:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
+        """End every sequence, running or waiting, with an error event; the loop then exits."""
+        exc = CorralError(UNLOADED)
+        for seq in list(self.active.values()):
+            self._fail(seq, exc)
+        for _, _, emit, _ in self.waiting:
+            self._send(emit, error_event(exc))
+        self.waiting.clear()
+        self.running = False
 
     def _prepare(self, params: GenerateParams) -> list[int]:
         tokens = self.model.tokenize(params.prompt)

@@ -18,8 +18,9 @@ import llama_cpp as ll
 import numpy as np
 import numpy.typing as npt
 
-from corral.errors import CorralError
+from corral.errors import BadRequestError, CorralError
 
+from .cstruct import new, set_fields
 from .threadpool import Threadpool
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ KV_TYPES = {
     "q4_0": ll.GGML_TYPE_Q4_0,
 }
 FLASH = {"auto": -1, "off": 0, "on": 1}
+# `use_mmap` unset = llama.cpp's default (AUTO: mmap unless a device cannot map host memory),
+# true = always mmap, false = read the weights into memory.
+LOAD_MODES = {"auto": ll.LLAMA_LOAD_MODE_AUTO, "on": ll.LLAMA_LOAD_MODE_MMAP, "off": ll.LLAMA_LOAD_MODE_NONE}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,40 @@ class ContextConfig:
     threadpool: bool = True
 
 
+def model_params(mmap: str = "auto", *, extra_bufts: bool = True) -> Any:
+    """The `llama_model_params` of a runner (CPU only; `mmap` is a key of LOAD_MODES).
+
+    `extra_bufts=False` keeps the weights in plain CPU buffers: no repacking for the AMX or
+    AVX-512 kernels (llama-server's `--no-repack`), for CPUs that advertise an instruction set
+    the system cannot run (seen: AMX in a VM, SIGILL on the first decode).
+    """
+    if mmap not in LOAD_MODES:
+        raise CorralError(f"invalid mmap mode {mmap!r}")
+    return set_fields(
+        ll.llama_model_default_params(), n_gpu_layers=0, load_mode=LOAD_MODES[mmap], use_extra_bufts=extra_bufts
+    )
+
+
+def context_params(cfg: ContextConfig, *, pooling: int) -> Any:
+    """The `llama_context_params` for `cfg` (every field checked against the bindings)."""
+    return set_fields(
+        ll.llama_context_default_params(),
+        n_ctx=cfg.n_ctx,
+        n_batch=cfg.n_batch,
+        n_ubatch=cfg.n_batch if cfg.embedding else min(cfg.n_batch, 512),
+        n_seq_max=cfg.n_seq,
+        n_threads=cfg.threads,
+        n_threads_batch=cfg.threads,
+        kv_unified=cfg.kv_unified,
+        embeddings=cfg.embedding,
+        pooling_type=pooling,
+        flash_attn_type=FLASH.get(cfg.flash_attn, -1),
+        type_k=KV_TYPES.get(cfg.kv_cache_type, ll.GGML_TYPE_F16),
+        type_v=KV_TYPES.get(cfg.kv_cache_type, ll.GGML_TYPE_F16),
+        no_perf=True,
+    )
+
+
 class Batch:
     """One preallocated llama_batch whose arrays are numpy buffers we own (1 seq id per token)."""
 
@@ -59,13 +97,16 @@ class Batch:
         ptr_t = ctypes.POINTER(ctypes.c_int32)
         base = self.seq.ctypes.data
         self._seq_ptrs = (ptr_t * capacity)(*[ctypes.cast(base + 4 * i, ptr_t) for i in range(capacity)])
-        self.struct = ll.llama_batch()
-        self.struct.token = self.token.ctypes.data_as(ptr_t)
-        self.struct.embd = ctypes.POINTER(ctypes.c_float)()
-        self.struct.pos = self.pos.ctypes.data_as(ptr_t)
-        self.struct.n_seq_id = self.n_seq_id.ctypes.data_as(ptr_t)
-        self.struct.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(ptr_t))
-        self.struct.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.struct = new(
+            ll.llama_batch,
+            n_tokens=0,
+            token=self.token.ctypes.data_as(ptr_t),
+            embd=ctypes.POINTER(ctypes.c_float)(),
+            pos=self.pos.ctypes.data_as(ptr_t),
+            n_seq_id=self.n_seq_id.ctypes.data_as(ptr_t),
+            seq_id=ctypes.cast(self._seq_ptrs, ctypes.POINTER(ptr_t)),
+            logits=self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
+        )
         self.n = 0
 
     def clear(self) -> None:
@@ -97,12 +138,17 @@ class Batch:
 class LlamaModel:
     """The model, vocab and main context of one runner process."""
 
-    def __init__(self, path: str, cfg: ContextConfig, *, use_mmap: bool = True, lora: list[str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        cfg: ContextConfig,
+        *,
+        mmap: str = "auto",
+        lora: list[str] | None = None,
+        extra_bufts: bool = True,
+    ):
         ll.llama_backend_init()
-        mparams = ll.llama_model_default_params()
-        mparams.n_gpu_layers = 0
-        mparams.use_mmap = use_mmap
-        model = ll.llama_model_load_from_file(path.encode(), mparams)
+        model = ll.llama_model_load_from_file(path.encode(), model_params(mmap, extra_bufts=extra_bufts))
         if not model:
             raise CorralError(f"unable to load model: {path}")
         self.model = model
@@ -131,20 +177,7 @@ class LlamaModel:
         self._embed_cfg: ContextConfig | None = None
 
     def _new_context(self, cfg: ContextConfig, *, pooling: int) -> Any:
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = cfg.n_ctx
-        cp.n_batch = cfg.n_batch
-        cp.n_ubatch = cfg.n_batch if cfg.embedding else min(cfg.n_batch, 512)
-        cp.n_seq_max = cfg.n_seq
-        cp.n_threads = cfg.threads
-        cp.n_threads_batch = cfg.threads
-        cp.kv_unified = cfg.kv_unified
-        cp.embeddings = cfg.embedding
-        cp.pooling_type = pooling
-        cp.flash_attn_type = FLASH.get(cfg.flash_attn, -1)
-        cp.type_k = cp.type_v = KV_TYPES.get(cfg.kv_cache_type, ll.GGML_TYPE_F16)
-        cp.no_perf = True
-        ctx = ll.llama_init_from_model(self.model, cp)
+        ctx = ll.llama_init_from_model(self.model, context_params(cfg, pooling=pooling))
         if not ctx:
             raise CorralError("unable to create llama context (out of memory?)")
         return ctx
@@ -184,7 +217,16 @@ class LlamaModel:
             self._pieces[key] = got
         return got
 
+    def check_tokens(self, tokens: list[int]) -> None:
+        """Refuse ids outside the vocabulary: llama.cpp aborts the whole process on them."""
+        for t in tokens:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.n_vocab:
+                raise BadRequestError(
+                    f"invalid token id {t!r}: this model's vocabulary has ids 0 to {self.n_vocab - 1}"
+                )
+
     def detokenize(self, tokens: list[int]) -> str:
+        self.check_tokens(tokens)
         return b"".join(self.piece(t, special=True) for t in tokens).decode("utf-8", errors="replace")
 
     def is_eog(self, token: int) -> bool:
@@ -228,6 +270,16 @@ class LlamaModel:
 
     def can_shift(self) -> bool:
         return bool(ll.llama_memory_can_shift(self.mem))
+
+    def warmup(self) -> None:
+        """One tiny decode before the runner says it is ready, as llama-server does: the first real
+        request does not pay for lazy initialisation, and a CPU kernel that cannot run here
+        (SIGILL) kills the runner during load, where the engine can retry without repacking."""
+        b = Batch(2)
+        b.add([0, 0], 0, 0, want_last=True)
+        b.struct.n_tokens = b.n
+        ll.llama_decode(self.ctx, b.struct)
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
 
     # --- embeddings -------------------------------------------------------------------------
     def embed_one(self, tokens: list[int]) -> list[float]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections import deque
@@ -27,8 +29,18 @@ from corral.errors import CorralError, RunnerStoppedError
 
 from . import protocol as proto
 
+log = logging.getLogger(__name__)
+
+
+class RunnerCrashedError(CorralError):
+    """A runner process that exited while loading; `signal` is the signal that killed it, if any."""
+
+    def __init__(self, message: str, *, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
+
 COMPUTE_OVERHEAD = 96 * 1024 * 1024  # measured: SmolLM2 RSS minus weights minus KV, rounded up
-_STREAM_LIMIT = 64 * 1024 * 1024
+_STDIO_LIMIT = 64 * 1024 * 1024
 
 
 def _kv_bytes_per_token(path: Path) -> int:
@@ -37,7 +49,7 @@ def _kv_bytes_per_token(path: Path) -> int:
     return int(read_gguf(path).kv_bytes_per_token())
 
 
-def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
+def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = proto.MAX_LINE) -> list[str]:
     o = spec.options
     argv = [
         python,
@@ -55,6 +67,8 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
         str(o.num_batch),
         "--threads",
         str(o.num_thread),
+        "--max-line",
+        str(max_line),
     ]
     if spec.embedding:
         argv.append("--embedding")
@@ -68,8 +82,8 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
         argv += ["--kv-cache-type", spec.kv_cache_type]
     if spec.kv_unified:
         argv.append("--kv-unified")
-    if o.use_mmap is False:
-        argv.append("--no-mmap")
+    if o.use_mmap is not None:
+        argv += ["--mmap", "on" if o.use_mmap else "off"]
     for adapter in spec.adapters:
         argv += ["--lora", str(adapter)]
     return argv
@@ -78,10 +92,19 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str) -> list[str]:
 class LlamaCppEngine:
     """Loads models into runner processes (one process per loaded model)."""
 
-    def __init__(self, *, log_dir: Path, load_timeout: float = 300.0, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        load_timeout: float = 300.0,
+        python: str = sys.executable,
+        max_line: int = proto.MAX_LINE,
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.load_timeout = load_timeout
         self.python = python
+        self.max_line = max_line
+        self.extra_bufts = True  # weight repacking (AMX/AVX-512 kernels); off after a SIGILL at load
 
     def estimate(self, spec: LoadSpec) -> int:
         size = Path(spec.model_path).stat().st_size
@@ -93,18 +116,35 @@ class LlamaCppEngine:
         return size + per_token * ctx + COMPUTE_OVERHEAD
 
     async def load(self, spec: LoadSpec) -> LlamaCppRunner:
+        try:
+            return await self._spawn(spec)
+        except RunnerCrashedError as exc:
+            if exc.signal != signal.SIGILL or not self.extra_bufts:
+                raise
+        # The CPU advertises kernels (AMX seen in a VM) that the system cannot run: the runner's
+        # warm-up decode died on an illegal instruction. Plain CPU buffers work everywhere.
+        log.warning("llama runner died on an illegal instruction; loading without weight repacking from now on")
+        self.extra_bufts = False
+        return await self._spawn(spec)
+
+    async def _spawn(self, spec: LoadSpec) -> LlamaCppRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = tempfile.mkdtemp(prefix="corral-r-")
         sock = os.path.join(sock_dir, "s")
+        argv = runner_argv(spec, sock, self.python, self.max_line)
+        if not self.extra_bufts:
+            argv.append("--no-extra-bufts")
         proc = await asyncio.create_subprocess_exec(
-            *runner_argv(spec, sock, self.python),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            limit=_STREAM_LIMIT,
+            limit=_STDIO_LIMIT,
         )
         log_path = self.log_dir / f"runner-{proc.pid}.log"
-        runner = LlamaCppRunner(proc, sock, sock_dir, log_path, estimate=self.estimate(spec))
+        runner = LlamaCppRunner(
+            proc, sock, sock_dir, log_path, estimate=self.estimate(spec), max_line=self.max_line
+        )
         try:
             await asyncio.wait_for(runner.wait_ready(), timeout=self.load_timeout)
         except TimeoutError:
@@ -120,9 +160,17 @@ class LlamaCppRunner:
     """A loaded model in a child process (implements `corral.engine.base.Runner`)."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, sock: str, sock_dir: str, log_path: Path, *, estimate: int
+        self,
+        proc: asyncio.subprocess.Process,
+        sock: str,
+        sock_dir: str,
+        log_path: Path,
+        *,
+        estimate: int,
+        max_line: int = proto.MAX_LINE,
     ) -> None:
         self.proc = proc
+        self.max_line = max_line
         self.socket_path = sock
         self._sock_dir = sock_dir
         self.log_path = log_path
@@ -163,11 +211,12 @@ class LlamaCppRunner:
         while await self.proc.stdout.readline():
             pass
 
-    def _exit_error(self) -> CorralError:
+    def _exit_error(self) -> RunnerCrashedError:
         code = self.proc.returncode
         status = f"exit status {code}" if code is not None and code >= 0 else f"signal: {-(code or 0)}"
         lines = "\n".join(list(self._tail)[-5:])
-        return CorralError(f"llama runner process has terminated: {status}: {lines}".rstrip(": "))
+        message = f"llama runner process has terminated: {status}: {lines}".rstrip(": ")
+        return RunnerCrashedError(message, signal=-code if code is not None and code < 0 else None)
 
     async def wait_ready(self) -> None:
         assert self.proc.stdout is not None
@@ -186,14 +235,21 @@ class LlamaCppRunner:
                     return
 
     async def _open(self, req: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        line = proto.encode(req)
+        if len(line) > self.max_line:
+            raise proto.too_large(len(line), self.max_line)
         if not self.alive:
             raise RunnerStoppedError()
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_STREAM_LIMIT)
-            writer.write(proto.encode(req))
-            await writer.drain()
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=self.max_line)
         except OSError:
             raise RunnerStoppedError() from None
+        try:
+            writer.write(line)
+            await writer.drain()
+        except OSError:
+            await self._close(writer)
+            raise await self._lost() from None
         return reader, writer
 
     async def _lost(self) -> CorralError:
@@ -209,6 +265,8 @@ class LlamaCppRunner:
             line = await reader.readline()
         except OSError:
             line = b""
+        except ValueError:  # longer than the limit: the runner is fine, the reply is not usable
+            raise CorralError(f"the model runner's reply is larger than the limit ({self.max_line} bytes)") from None
         if not line:
             raise await self._lost()
         return proto.decode(line)

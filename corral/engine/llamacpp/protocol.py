@@ -6,6 +6,11 @@ status, health, shutdown. A generate request streams `{"text", "logprobs"?}` eve
 `{"done": true, "done_reason", "metrics"}`; other ops answer with one JSON object. Any failure is
 `{"error": {"status", "message"}}`. This module owns the encoding of requests/events to and from
 the dataclasses of `corral.engine.base`; it does no I/O.
+
+A message is one line of at most `MAX_LINE` bytes (both sides' stream limit). That bound is far
+above anything the server accepts (its request-body limit, 64 MiB by default): a prompt, a long
+`context`, a chat or a schema of any accepted size fits. A longer request is refused by the parent
+before it is sent (413); a runner that still receives one answers with the same 413 error.
 """
 
 from __future__ import annotations
@@ -15,10 +20,15 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob, TopLogprob
-from corral.errors import CorralError, error_from_status
+from corral.errors import CorralError, PayloadTooLargeError, error_from_status
 from corral.schemas.options import SampleOptions
 
 OPS = frozenset({"generate", "embed", "tokenize", "detokenize", "status", "health", "shutdown"})
+MAX_LINE = 1024 * 1024 * 1024
+
+
+def too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"the request is too large for the model runner ({size} bytes, limit {limit} bytes)")
 
 
 def encode(obj: dict[str, Any]) -> bytes:

@@ -5,6 +5,10 @@ server speaking `protocol.py`. The asyncio main thread does only socket I/O; the
 runs `BatchLoop` and reports back through `loop.call_soon_threadsafe`. Prints one JSON line
 `{"ready": true, ...}` to stdout once the model is loaded; on a load failure it prints the reason
 to stderr and exits with status 1.
+
+A `shutdown` request (or the parent's death) stops it at once: no new connections, the model
+thread ends every sequence with an error event after at most the step in progress, the
+connections write those, and the process exits.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from typing import Any
 from corral.errors import BadRequestError, CorralError
 
 from . import protocol as proto
-from .batch import BatchLoop
+from .batch import UNLOADED, BatchLoop
 from .model import ContextConfig, LlamaModel
+
+STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
+STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,47 +45,79 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
     p.add_argument("--kv-cache-type", choices=["f16", "q8_0", "q4_0"], default="f16")
-    p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--mmap", choices=["auto", "on", "off"], default="auto", help="how the weights are loaded")
+    p.add_argument("--max-line", type=int, default=proto.MAX_LINE, help="largest request line in bytes")
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
+    p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
     return p.parse_args(argv)
 
 
 class RunnerServer:
     """Socket side of the runner: one connection per request."""
 
-    def __init__(self, model: LlamaModel, loop: BatchLoop, *, embedding: bool, num_ctx: int) -> None:
+    def __init__(self, model: LlamaModel, loop: BatchLoop, *, embedding: bool, num_ctx: int, max_line: int) -> None:
         self.model = model
         self.batch = loop
         self.embedding = embedding
         self.num_ctx = num_ctx
+        self.max_line = max_line
         self.ids = itertools.count(1)
         self.done = asyncio.Event()
+        self.connections: set[asyncio.Task[Any]] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
         try:
-            line = await reader.readline()
-            if not line:
-                return
-            req = proto.decode(line)
-            op = req.get("op")
-            if op == "generate":
-                await self._generate(req, reader, writer)
-            elif op == "health":
-                await self._send(writer, {"status": "ok"})
-            elif op == "shutdown":
-                await self._send(writer, {"status": "ok"})
-                self.done.set()
-            elif op in proto.OPS:
-                await self._send(writer, await self._call(self._sync_op(req)))
-            else:
-                await self._send(writer, proto.error_event(BadRequestError(f"unknown op {op!r}")))
-        except (ConnectionError, CorralError):
+            await self._serve_one(reader, writer)
+        except ConnectionError:
             pass
+        except Exception as exc:  # never let a bad request end the connection without an answer
+            with contextlib.suppress(Exception):
+                await self._send(writer, proto.error_event(exc))
         finally:
+            self.connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await self._read_request(reader)
+        if not line:
+            return
+        req = proto.decode(line)
+        op = req.get("op")
+        if op == "shutdown":
+            self.done.set()  # first: the client may close before reading the answer
+            await self._send(writer, {"status": "ok"})
+        elif op == "health":
+            await self._send(writer, {"status": "ok"})
+        elif self.done.is_set():
+            await self._send(writer, proto.error_event(CorralError(UNLOADED)))
+        elif op == "generate":
+            await self._generate(req, reader, writer)
+        elif op in proto.OPS:
+            await self._send(writer, await self._call(self._sync_op(req)))
+        else:
+            await self._send(writer, proto.error_event(BadRequestError(f"unknown op {op!r}")))
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The request line. An over-long one is read to its end (so that the client, still writing,
+        can read the answer) and refused with a 413 error."""
+        try:
+            return await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError:
+            pass
+        size = 0
+        while chunk := await reader.read(1024 * 1024):
+            size += len(chunk)
+            if b"\n" in chunk:
+                break
+        raise proto.too_large(size, self.max_line)
 
     async def _send(self, writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
         writer.write(proto.encode(obj))
@@ -90,7 +129,7 @@ class RunnerServer:
         if op == "tokenize":
             return lambda: {"tokens": m.tokenize(str(req.get("text", "")), add_special=False)}
         if op == "detokenize":
-            return lambda: {"text": m.detokenize([int(t) for t in req.get("tokens", [])])}
+            return lambda: {"text": m.detokenize(list(req.get("tokens") or []))}
         if op == "status":
             return self.batch.status
         return lambda: self._embed([str(x) for x in req.get("inputs", [])], bool(req.get("truncate", True)))
@@ -149,7 +188,7 @@ class RunnerServer:
 
 
 async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) -> None:
-    server = RunnerServer(model, loop, embedding=args.embedding, num_ctx=args.num_ctx)
+    server = RunnerServer(model, loop, embedding=args.embedding, num_ctx=args.num_ctx, max_line=args.max_line)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)
     aloop = asyncio.get_running_loop()
@@ -161,15 +200,34 @@ async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) ->
     def dispatch(items: list[tuple[Any, dict[str, Any]]]) -> None:
         aloop.call_soon_threadsafe(deliver, items)
 
+    stopped = asyncio.Event()
     loop.dispatch = dispatch
-    srv = await asyncio.start_unix_server(server.handle, path=args.socket)
+
+    def on_stopped() -> None:
+        aloop.call_soon_threadsafe(stopped.set)
+
+    loop.on_stopped = on_stopped
+    srv = await asyncio.start_unix_server(server.handle, path=args.socket, limit=args.max_line)
     ready = {"ready": True, "pid": os.getpid(), "n_embd": model.n_embd, "n_ctx_train": model.n_ctx_train}
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     watch = asyncio.ensure_future(_exit_with_parent(server.done, os.getppid()))
-    async with srv:
+    try:
         await server.done.wait()
-    watch.cancel()
+    finally:
+        watch.cancel()
+        srv.close()
+        await _stop_batch(server, loop, stopped)
+
+
+async def _stop_batch(server: RunnerServer, loop: BatchLoop, stopped: asyncio.Event) -> None:
+    """Stop the model thread (it fails its sequences with an error event, after at most the step
+    in progress), then give the connections a moment to write those last events."""
+    loop.submit(("stop",))
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stopped.wait(), timeout=STOP_STEP_TIMEOUT)
+    if server.connections:
+        await asyncio.wait(set(server.connections), timeout=STOP_FLUSH_TIMEOUT)
 
 
 async def _exit_with_parent(done: asyncio.Event, parent: int, every: float = 1.0) -> None:
@@ -196,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         threadpool=not args.no_threadpool,
     )
     try:
-        model = LlamaModel(args.model, cfg, use_mmap=not args.no_mmap, lora=args.lora)
+        model = LlamaModel(args.model, cfg, mmap=args.mmap, lora=args.lora, extra_bufts=not args.no_extra_bufts)
+        model.warmup()
     except CorralError as exc:
         print(f"error loading model: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -206,12 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(args, model, loop))
     finally:
-        loop.submit(("stop",))
-        thread.join(timeout=10)
+        loop.submit(("stop",))  # no-op when serve() stopped it already
+        thread.join(timeout=STOP_STEP_TIMEOUT)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)
     return 0
 
 
+def _exit(code: int) -> None:
+    """Leave without interpreter finalization: tearing down numpy, the bindings' thousands of ctypes
+    objects and a last GC pass costs a few hundred ms of CPU (more on a busy machine) and frees
+    nothing the kernel does not take back at once when the process ends."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -19,6 +19,7 @@ from corral.engine.base import TokenLogprob, TopLogprob
 from corral.errors import BadRequestError
 from corral.schemas.options import SampleOptions
 
+from .cstruct import new
 from .model import LlamaModel
 
 
@@ -42,7 +43,7 @@ class SeqSampler:
         self.chain = chain
         if self._banned:
             biases = (ll.llama_logit_bias * len(self._banned))(
-                *[ll.llama_logit_bias(token=t, bias=-math.inf) for t in self._banned]
+                *[new(ll.llama_logit_bias, token=t, bias=-math.inf) for t in self._banned]
             )
             ll.llama_sampler_chain_add(
                 chain, ll.llama_sampler_init_logit_bias(model.n_vocab, len(self._banned), biases)

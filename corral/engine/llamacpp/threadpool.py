@@ -3,17 +3,22 @@
 Without one, ggml builds a throw-away pool for every graph compute (every `llama_decode`), so the
 worker threads start cold each step. llama-cpp-python 0.3.36 does not bind these calls
 (`llama_attach_threadpool` is a TODO there), so they are bound here with ctypes against the
-shared libraries the package ships. Any failure leaves the context on ggml's default behaviour.
+very copies of the shared libraries that `llama_cpp` loaded (opening the package's unversioned
+`.so` files by path would map second, independent copies of ggml into the process). Any failure
+leaves the context on ggml's default behaviour.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import pathlib
 from typing import Any
 
 import llama_cpp as ll
+
+from .cstruct import set_fields
 
 log = logging.getLogger(__name__)
 GGML_MAX_N_THREADS = 512
@@ -30,11 +35,29 @@ class ThreadpoolParams(ctypes.Structure):
     ]
 
 
+def loaded_library(stem: str) -> str:
+    """The path of the already mapped shared library `lib<stem>.so*` (Linux: /proc/self/maps)."""
+    prefix = f"lib{stem}.so"
+    for line in pathlib.Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split(maxsplit=5)  # address perms offset dev inode path
+        if len(parts) < 6:
+            continue
+        path = parts[5]
+        name = path.rsplit("/", 1)[-1]
+        if name == prefix or name.startswith(prefix + "."):
+            return path
+    raise OSError(f"{prefix} is not loaded")
+
+
+def _open_loaded(stem: str) -> Any:
+    return ctypes.CDLL(loaded_library(stem), mode=os.RTLD_NOLOAD)
+
+
 def _libs() -> tuple[Any, Any, Any]:
-    libdir = pathlib.Path(ll.__file__).parent / "lib"
-    base = ctypes.CDLL(str(libdir / "libggml-base.so"))
-    cpu = ctypes.CDLL(str(libdir / "libggml-cpu.so"))
-    llama = ctypes.CDLL(str(libdir / "libllama.so"))
+    ll.llama_backend_init()  # maps the CPU backend (idempotent)
+    base = _open_loaded("ggml-base")
+    cpu = _open_loaded("ggml-cpu")
+    llama = _open_loaded("llama")
     base.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
     base.ggml_threadpool_params_default.restype = ThreadpoolParams
     cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(ThreadpoolParams)]
@@ -57,7 +80,7 @@ class Threadpool:
         try:
             self._base, self._cpu, self._llama = _libs()
             params = self._base.ggml_threadpool_params_default(n_threads)
-            params.poll = poll
+            set_fields(params, poll=poll)
             pool = self._cpu.ggml_threadpool_new(ctypes.byref(params))
             self.pool = int(pool) if pool else None
         except (OSError, AttributeError) as exc:
