@@ -159,13 +159,14 @@ def message_value(msg: Message, content: str | None = None) -> GoStruct:
 def collate(messages: Sequence[Message]) -> tuple[str, list[Message]]:
     """Ollama's collate: (all system contents joined by blank lines, merged message list)."""
     system: list[str] = []
-    merged: list[Message] = []
+    runs: list[list[Message]] = []  # consecutive same-role messages, joined once (linear, not quadratic)
     for msg in messages:
         if msg.role == "system":
             system.append(msg.content)
-        if merged and merged[-1].role == msg.role and msg.role != "tool":
-            last = merged[-1]
-            merged[-1] = last.model_copy(update={"content": last.content + "\n\n" + msg.content})
+        if runs and runs[-1][0].role == msg.role and msg.role != "tool":
+            runs[-1].append(msg)
         else:
-            merged.append(msg)
+            runs.append([msg])
+    merged = [run[0] if len(run) == 1 else
+              run[0].model_copy(update={"content": "\n\n".join(m.content for m in run)}) for run in runs]
     return "\n\n".join(system), merged
