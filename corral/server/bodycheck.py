@@ -79,11 +79,9 @@ def nesting_depth(text: str) -> int:
     return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
 
 
-def check_json_body(body: bytes) -> None:
-    """Raise BadRequestError for a body that is not valid Unicode or nests too deeply."""
-    if not body:
-        return
-    text = _decode(body)
+def check_json_text(text: str) -> None:
+    """Raise BadRequestError for JSON text with an unpaired surrogate escape or nested too deeply
+    (also used for /api/ws messages, which arrive as text)."""
     lone = unpaired_surrogate(text)
     if lone is not None:
         raise BadRequestError(
@@ -91,6 +89,12 @@ def check_json_body(body: bytes) -> None:
         )
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and nesting_depth(text) > MAX_JSON_DEPTH:
         raise BadRequestError(f"invalid request body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+
+
+def check_json_body(body: bytes) -> None:
+    """Raise BadRequestError for a body that is not valid Unicode or nests too deeply."""
+    if body:
+        check_json_text(_decode(body))
 
 
 def _checked(scope: Scope) -> bool:

@@ -37,6 +37,7 @@ from starlette.websockets import WebSocketDisconnect
 from corral.auth.authenticator import ANONYMOUS, Authenticator, Principal
 from corral.errors import BadRequestError, CorralError, RequestCanceledError, UnauthorizedError
 from corral.schemas.native import ChatRequest, GenerateRequest
+from corral.server.bodycheck import check_json_text
 from corral.server.context import AppContext
 from corral.server.cors import CorsPolicy, HostPolicy
 from corral.server.inference import chat_events, collect_chat, collect_generate, generate_events
@@ -203,6 +204,7 @@ class Session:
     def _parse(text: str | None) -> dict[str, Any]:
         if text is None:
             raise BadRequestError("binary messages are not supported; send JSON text")
+        check_json_text(text)  # unpaired surrogates and deep nesting, as for HTTP bodies
         try:
             data = json.loads(text)
         except ValueError as exc:

@@ -174,3 +174,18 @@ def test_blob_uploads_are_not_inspected(env: Env) -> None:
         async with env.client() as c:
             return await c.post(f"/api/blobs/{digest}", content=data)
     assert run(main()).status_code == 201
+
+
+def test_websocket_messages_are_checked_like_bodies_and_the_socket_stays_usable(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    app = Env(tmp_path).app
+    chat = '{"type":"chat","id":1,"model":"tiny","messages":[{"role":"user","content":"%s"}]}'
+    with TestClient(app, base_url="http://127.0.0.1:11434") as client, \
+            client.websocket_connect("ws://127.0.0.1:11434/api/ws") as ws:
+        ws.send_text(chat % LONE)
+        assert "unpaired UTF-16 surrogate" in ws.receive_json()["error"]
+        ws.send_text('{"type":"ping","id":2,"x":' + "[" * 300 + "]" * 300 + "}")
+        assert f"nested deeper than {MAX_JSON_DEPTH} levels" in ws.receive_json()["error"]
+        ws.send_json({"type": "ping", "id": 3})
+        assert ws.receive_json() == {"type": "pong", "id": 3}
