@@ -48,6 +48,14 @@ class BadRequestError(CorralError):
     status = 400
 
 
+class PromptTooLongError(BadRequestError):
+    """A prompt that cannot be cut to fit the context window (it declares tools); `tokens` is its size."""
+
+    def __init__(self, message: str, *, tokens: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+
+
 class InvalidNameError(BadRequestError):
     def __init__(self, message: str = "invalid model name") -> None:
         super().__init__(message)

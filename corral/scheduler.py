@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psutil
@@ -57,6 +57,16 @@ class ModelRef:
     digest: str
     spec: LoadSpec
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # num_ctx was nobody's choice (not the request's, the Modelfile's or the operator's): a loaded
+    # runner of the same spec with a larger context serves it without a reload
+    ctx_flexible: bool = field(default=False, compare=False, hash=False)
+
+    def served_by(self, loaded: LoadSpec) -> bool:
+        if loaded == self.spec:
+            return True
+        if not self.ctx_flexible or loaded.options.num_ctx < self.spec.options.num_ctx:
+            return False
+        return replace(loaded, options=replace(loaded.options, num_ctx=self.spec.options.num_ctx)) == self.spec
 
 
 @dataclass(eq=False)
@@ -259,7 +269,7 @@ class Scheduler:
                 raise shutting_down()
             key = str(ref.spec.model_path)
             entry = self.loaded.get(key)
-            if entry is not None and entry.runner.alive and entry.ref.spec == ref.spec:
+            if entry is not None and entry.runner.alive and ref.served_by(entry.ref.spec):
                 return entry
             if entry is not None and entry.refcount == 0:
                 await self._unload(entry)  # dead, or load options changed

@@ -8,6 +8,7 @@ the stream, so a client that disconnects closes the runner stream and frees its 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.engine.base import Chunk, GenerateParams, Metrics
-from corral.errors import BadRequestError
+from corral.errors import BadRequestError, PromptTooLongError
 from corral.schemas.native import ChatRequest, GenerateRequest, Message
 from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
@@ -25,6 +26,7 @@ from corral.server.metrics import record_generation
 from corral.server.runtime import (
     Job,
     fit_messages,
+    grown_for,
     leased,
     render_messages,
     require,
@@ -34,6 +36,7 @@ from corral.server.runtime import (
 )
 from corral.server.stream import respond, until_disconnected
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 THINK_LEVELS = ("low", "medium", "high", "max")
 
@@ -261,6 +264,24 @@ def chat_message(piece: Piece) -> dict[str, Any]:
 
 async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
                       images: list[bytes], plan: Plan) -> AsyncIterator[dict[str, Any]]:
+    """The chat's chunks; a prompt whose tools do not fit a context nobody chose runs again in a
+    context grown to hold it (`grown_for`) before anything has been sent."""
+    try:
+        async for out in _chat_once(ctx, job, req, messages, images, plan):
+            yield out
+        return
+    except PromptTooLongError as exc:
+        bigger = grown_for(job, exc.tokens)
+        if bigger is None:
+            raise
+        log.info("prompt of %d tokens with tools: loading %s with num_ctx=%d", exc.tokens, job.name,
+                 bigger.options.load.num_ctx)
+    async for out in _chat_once(ctx, bigger, req, messages, images, plan):
+        yield out
+
+
+async def _chat_once(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
+                     images: list[bytes], plan: Plan) -> AsyncIterator[dict[str, Any]]:
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
         def render(msgs: list[Message]) -> str:

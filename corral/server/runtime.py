@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.durations import keep_alive_seconds
 from corral.engine.base import LoadSpec, Runner
-from corral.errors import BadRequestError, CorralError, ModelNotFoundError, RunnerStoppedError
+from corral.errors import BadRequestError, CorralError, ModelNotFoundError, PromptTooLongError, RunnerStoppedError
 from corral.gguf import GGUFInfo
 from corral.names import ModelName
 from corral.scheduler import ModelRef, Scheduler
@@ -91,11 +91,36 @@ async def resolve_job(
     )
     short = model.name.display_shortest()
     details = model_details(model).dump()
-    ref = ModelRef(name=short, digest=model.manifest_digest, spec=spec, details=details)
+    flexible = "num_ctx" not in (options or {}) and "num_ctx" not in model_params
+    ref = ModelRef(name=short, digest=model.manifest_digest, spec=spec, details=details, ctx_flexible=flexible)
     keep = keep_alive_seconds(keep_alive)
     if keep is None and operator is not None:
         keep = operator.keep_alive_seconds
     return Job(short, model, info, resolved, ref, caps, keep)
+
+
+CTX_STEP = 2048  # a grown context is rounded up to this
+CTX_HEADROOM = 1024  # tokens left for the answer when a context is grown to fit a prompt
+
+
+def grown_for(job: Job, tokens: int) -> Job | None:
+    """The job with a context large enough for a `tokens`-long prompt (plus room to answer), when
+    nobody chose num_ctx and the model was trained for it; None otherwise.
+
+    Agents and chat UIs attach many tools (Open WebUI: 36 tools, ~6k tokens with SmolLM2): rather
+    than cut tool definitions or refuse, the runner is reloaded with a context that holds them.
+    """
+    limit = job.info.context_length if job.info is not None else 0
+    if not job.ref.ctx_flexible or not limit or tokens + 1 >= limit:
+        return None
+    want = -(-(tokens + CTX_HEADROOM) // CTX_STEP) * CTX_STEP
+    num_ctx = min(max(want, job.options.load.num_ctx), limit)
+    if num_ctx <= job.options.load.num_ctx:
+        return None
+    load = replace(job.options.load, num_ctx=num_ctx)
+    spec = replace(job.ref.spec, options=load)
+    ref = replace(job.ref, spec=spec)
+    return replace(job, options=ResolvedOptions(load=load, sample=job.options.sample), ref=ref)
 
 
 def _clamp_ctx(resolved: ResolvedOptions, info: GGUFInfo | None, default_threads: int = 0) -> ResolvedOptions:
@@ -188,8 +213,8 @@ async def fit_messages(
 
     fitted = await fit_chat(messages, render, count, num_ctx)
     if tools and fitted.tokens is not None and fitted.tokens >= num_ctx:
-        raise BadRequestError(
+        raise PromptTooLongError(
             f"the prompt is {fitted.tokens} tokens (with {tools} tools), more than the model's context window "
             f"num_ctx={num_ctx}: raise num_ctx (the request's num_ctx option, PARAMETER num_ctx in a "
-            "Modelfile, or CORRAL_CONTEXT_LENGTH for the server) or send fewer tools")
+            "Modelfile, or CORRAL_CONTEXT_LENGTH for the server) or send fewer tools", tokens=fitted.tokens)
     return fitted.prompt

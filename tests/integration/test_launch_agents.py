@@ -135,7 +135,7 @@ def test_too_large_agent_request_is_a_clear_400(keyed: tuple[ServerProcess, str]
     server, key = keyed
     tools = [{"name": f"tool_{i}", "description": "Reads a file from the workspace. " * 20,
               "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}} for i in range(40)]
-    body = {"model": MODEL, "max_tokens": 16, "system": "You are a careful coding agent. " * 400, "tools": tools,
+    body = {"model": MODEL, "max_tokens": 16, "system": "You are a careful coding agent. " * 1200, "tools": tools,
             "messages": [{"role": "user", "content": "List the files."}]}
     for stream in (False, True):
         r = httpx.post(server.url + "/v1/messages", json={**body, "stream": stream}, timeout=120, trust_env=False,

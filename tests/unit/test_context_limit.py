@@ -1,7 +1,8 @@
-"""A prompt with tools that does not fit num_ctx is a 400 naming the sizes, on every API that
-coding agents use (/api/chat, /v1/chat/completions, /v1/messages streamed or not, /v1/responses),
-never a prompt cut in the middle of its tool list. Without tools the old behaviour stays (oldest
-turns dropped, the runner truncates what is left)."""
+"""A prompt with tools is never cut in the middle of its tool list. When nobody chose num_ctx the
+context grows to hold it (up to the model's trained context, 2048 for the test GGUF); beyond that,
+or when num_ctx was chosen, it is a 400 naming the sizes, on every API that coding agents use
+(/api/chat, /v1/chat/completions, /v1/messages streamed or not, /v1/responses). Without tools the
+old behaviour stays (oldest turns dropped, the runner truncates what is left)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ from corral.store.store import Store
 from tests.unit.openai_env import make_model
 
 # The scripted runner counts whitespace-separated words as tokens.
-TOOLS = [{"type": "function", "function": {"name": f"tool_{i}", "description": "does things " * 10,
-                                            "parameters": {"type": "object"}}} for i in range(6)]
+def make_tools(words: int) -> list[dict[str, Any]]:
+    return [{"type": "function", "function": {"name": f"tool_{i}", "description": "does things " * words,
+                                              "parameters": {"type": "object"}}} for i in range(6)]
+
+
+TOOLS = make_tools(10)  # ~130 words: more than num_ctx=64, well inside the trained 2048
+HUGE_TOOLS = make_tools(200)  # ~2400 words: more than the model was trained for
 TEMPLATE = ("{{ range .Tools }}{{ .Function.Name }}: {{ .Function.Description }} {{ end }}"
             "{{ range .Messages }}{{ .Role }}: {{ .Content }} {{ end }}")
 
@@ -51,19 +57,20 @@ def app(tmp_path: Path) -> App:
 
 def anthropic_tools() -> list[dict[str, Any]]:
     return [{"name": t["function"]["name"], "description": t["function"]["description"],
-             "input_schema": {"type": "object"}} for t in TOOLS]
+             "input_schema": {"type": "object"}} for t in HUGE_TOOLS]
 
 
 def responses_tools() -> list[dict[str, Any]]:
     return [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
-             "parameters": {"type": "object"}} for t in TOOLS]
+             "parameters": {"type": "object"}} for t in HUGE_TOOLS]
 
 
 CASES = {
-    "native": ("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}),
+    "native": ("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}],
+                             "tools": HUGE_TOOLS}),
     "openai": ("/v1/chat/completions", {"model": "agent", "messages": [{"role": "user", "content": "hi"}],
-                                        "tools": TOOLS}),
-    "openai_stream": ("/v1/chat/completions", {"model": "agent", "stream": True, "tools": TOOLS,
+                                        "tools": HUGE_TOOLS}),
+    "openai_stream": ("/v1/chat/completions", {"model": "agent", "stream": True, "tools": HUGE_TOOLS,
                                                "messages": [{"role": "user", "content": "hi"}]}),
     "anthropic": ("/v1/messages", {"model": "agent", "max_tokens": 10, "tools": anthropic_tools(),
                                    "messages": [{"role": "user", "content": "hi"}]}),
@@ -83,6 +90,27 @@ def test_too_large_with_tools_is_a_400_naming_the_sizes(app: App, case: str) -> 
     assert "num_ctx=64" in text and "with 6 tools" in text and "tokens" in text
     assert "CORRAL_CONTEXT_LENGTH" in text
     assert not [p for runner in app.engine.runners for p in runner.prompts]  # nothing reached the engine
+
+
+def test_a_context_nobody_chose_grows_to_hold_the_tools(app: App) -> None:
+    r = app.post("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                               "stream": False})
+    assert r.status_code == 200, r.text
+    runner = app.engine.runners[-1]
+    assert runner.spec.options.num_ctx == 2048  # rounded up, capped at the trained context
+    assert all(f"tool_{i}" in runner.prompts[0] for i in range(6))
+    # a later plain request is served by the grown runner: no reload back to num_ctx=64
+    r = app.post("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}], "stream": False})
+    assert r.status_code == 200, r.text
+    assert app.engine.runners[-1] is runner and len(runner.prompts) == 2
+
+
+def test_a_chosen_context_does_not_grow(app: App) -> None:
+    r = app.post("/api/chat", {"model": "agent", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                               "options": {"num_ctx": 64}, "stream": False})
+    assert r.status_code == 400, r.text
+    assert "num_ctx=64" in r.text and "with 6 tools" in r.text
+    assert not [p for runner in app.engine.runners for p in runner.prompts]
 
 
 def test_old_turns_are_still_dropped_to_fit_with_tools(app: App) -> None:
