@@ -152,8 +152,6 @@ def test_large_requests_are_served(aloop: Loop, runner: LlamaCppRunner) -> None:
     chunks = aloop.run(collect(runner, GenerateParams(prompt=text, options=SampleOptions(num_predict=4))))
     last = chunks[-1]
     assert last.done and last.metrics is not None and 0 < last.metrics.prompt_eval_count < NUM_CTX
-    emb = aloop.run(runner.embed([text] * 3))
-    assert len(emb.embeddings) == 3
 
 
 def test_a_line_over_the_limit_is_413_not_a_dead_runner(aloop: Loop, tmp_path: Path) -> None:
@@ -182,14 +180,13 @@ def test_a_line_over_the_limit_is_413_not_a_dead_runner(aloop: Loop, tmp_path: P
 
 
 def test_large_prompt_and_long_chat_over_http(server: ServerProcess) -> None:
+    opts = {"num_predict": 4, "num_ctx": 256}  # a small window keeps the (truncated) prefills short
     with httpx.Client(base_url=server.url, timeout=300, trust_env=False) as c:
         prompt = "Tell me about rivers and the sea. " * 6000  # ~200 KB
-        r = c.post("/api/generate", json={
-            "model": "smollm2:135m", "prompt": prompt, "stream": False, "options": {"num_predict": 4},
-        })
+        r = c.post("/api/generate", json={"model": "smollm2:135m", "prompt": prompt, "stream": False, "options": opts})
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["done"] and 0 < body["prompt_eval_count"] <= 2048
+        assert body["done"] and 0 < body["prompt_eval_count"] <= 256
 
         turns: list[dict[str, str]] = []
         for i in range(120):
@@ -197,11 +194,9 @@ def test_large_prompt_and_long_chat_over_http(server: ServerProcess) -> None:
             turns.append({"role": "assistant", "content": f"Answer {i}: " + "rivers run to the sea. " * 40})
         turns.append({"role": "user", "content": "Say hi."})
         assert len(json.dumps(turns)) > 200_000
-        r = c.post("/api/chat", json={
-            "model": "smollm2:135m", "messages": turns, "stream": False, "options": {"num_predict": 4},
-        })
+        r = c.post("/api/chat", json={"model": "smollm2:135m", "messages": turns, "stream": False, "options": opts})
         assert r.status_code == 200, r.text
-        assert r.json()["done"] and r.json()["prompt_eval_count"] <= 2048
+        assert r.json()["done"] and r.json()["prompt_eval_count"] <= 256
 
 
 def test_out_of_vocabulary_context_over_http(server: ServerProcess) -> None:
