@@ -76,14 +76,16 @@ def test_reference_jinja_exists_for_every_name() -> None:
     assert reference_jinja("no-such-template") is None
 
 
-def test_smollm2_template_detects_as_chatml_quickly() -> None:
+def test_smollm2_template_detects_as_chatml_without_a_pathological_cost() -> None:
     text = smollm2_chat_template()
     detect_template(text)  # warm the caches (loading package data is not part of the bound)
     start = time.perf_counter()
     detected = detect_template(text)
     elapsed = time.perf_counter() - start
     assert detected is not None and detected.name == "chatml"
-    assert elapsed < 0.05
+    # a guard against a quadratic blow-up (seconds), not a benchmark: ~6 ms idle, 64 ms seen on a
+    # machine loaded 7x over its cores
+    assert elapsed < 1.0
 
 
 def test_index_entries_detect_as_their_own_name() -> None:
