@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from corral.errors import CorralError, error_from_status
+from corral.errors import ConnectError, CorralError, error_from_status, retry_after_seconds
 from corral.schemas.native import (
     CreateRequest,
     ListResponse,
@@ -25,11 +25,7 @@ from corral.schemas.native import (
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=60.0, pool=5.0)
 
-
-class ConnectError(CorralError):
-    """No server answered at the configured host."""
-
-    status = 503
+__all__ = ["DEFAULT_TIMEOUT", "Client", "ConnectError", "file_digest"]
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -47,7 +43,8 @@ def _raise_for(response: httpx.Response) -> None:
                 message = str(err)
     except (json.JSONDecodeError, ValueError):
         pass
-    raise error_from_status(response.status_code, message)
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    raise error_from_status(response.status_code, message, retry_after)
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

@@ -20,16 +20,22 @@ vocabulary:
     ├── RequestCanceledError (499)
     ├── RunnerStoppedError (500)
     ├── ServerBusyError (503)
+    ├── ConnectError (503)            the client found no server at the host
     └── InsufficientStorageError (507)   disk full (ENOSPC/EDQUOT) while writing
+
+`retry_after` (seconds, or None) is sent as `Retry-After` and read back by the client.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class CorralError(Exception):
     """An error with an HTTP status code and a message meant for the user."""
 
     status: int = 500
+    retry_after: float | None = None
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -108,7 +114,7 @@ class RateLimitedError(CorralError):
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after: float | None = retry_after
 
 
 class RequestCanceledError(CorralError):
@@ -135,9 +141,19 @@ class ServerBusyError(CorralError):
     status = 503
 
     def __init__(
-        self, message: str = "server busy, please try again.  maximum pending requests exceeded"
+        self,
+        message: str = "server busy, please try again.  maximum pending requests exceeded",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConnectError(CorralError):
+    """No server answered at the configured host (raised by the client, never sent on the wire;
+    not a `ServerBusyError`: retrying a busy server is right, retrying an absent one is not)."""
+
+    status = 503
 
 
 class InsufficientStorageError(CorralError):
@@ -152,15 +168,32 @@ _BY_STATUS: dict[int, type[CorralError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     413: PayloadTooLargeError,
+    429: RateLimitedError,
     499: RequestCanceledError,
     503: ServerBusyError,
     507: InsufficientStorageError,
 }
 
 
-def error_from_status(status: int, message: str) -> CorralError:
-    """Rebuild the most specific error class for a status (used by the client)."""
+def error_from_status(status: int, message: str, retry_after: float | None = None) -> CorralError:
+    """Rebuild the most specific error class for a status (used by the client and the runner
+    protocol); `retry_after` is the server's `Retry-After` in seconds, when it sent one."""
     cls = _BY_STATUS.get(status)
-    if cls is None or cls in (RequestCanceledError, ServerBusyError):
-        return CorralError(message, status=status)
-    return cls(message)
+    if cls is RateLimitedError:
+        return RateLimitedError(message, retry_after=1.0 if retry_after is None else retry_after)
+    if cls is ServerBusyError:
+        return ServerBusyError(message, retry_after=retry_after)
+    err = CorralError(message, status=status) if cls is None else cls(message)
+    err.retry_after = retry_after
+    return err
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a `Retry-After` header given in seconds (an HTTP date or garbage gives None)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -35,7 +35,7 @@ from rich.console import Console
 
 from corral.client import Client
 from corral.config import Settings
-from corral.errors import CorralError
+from corral.errors import BadRequestError
 from corral.schemas.native import CreateRequest
 
 err = Console(stderr=True, highlight=False)
@@ -203,7 +203,7 @@ def pick_model(c: Client) -> str:
     for m in c.list().models:
         if "tools" in (c.show(m.name).capabilities or []):
             return m.name
-    raise CorralError("no local model supports tools; pull one and pass --model NAME", status=400)
+    raise BadRequestError("no local model supports tools; pull one and pass --model NAME")
 
 
 def check_context(agent: Agent, model: str, have: int, notes: list[str]) -> None:
@@ -244,8 +244,8 @@ def prepare(agent: Agent, cfg: Settings, model: str | None, num_ctx: int | None,
 def execute(plan: Plan) -> int:
     binary = shutil.which(plan.argv[0])
     if binary is None:
-        raise CorralError(f"{plan.agent.title} is not installed ('{plan.argv[0]}' not on PATH): "
-                          f"npm install -g {plan.agent.package}", status=400)
+        raise BadRequestError(f"{plan.agent.title} is not installed ('{plan.argv[0]}' not on PATH): "
+                              f"npm install -g {plan.agent.package}")
     for path, text in plan.files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600, exist_ok=True)

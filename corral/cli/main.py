@@ -15,9 +15,9 @@ from corral.cli.format import human_bytes, human_time, table
 from corral.cli.keys import keys as keys_group
 from corral.cli.launch import launch as launch_cmd
 from corral.cli.progress import new_progress, render_progress
-from corral.client import Client, ConnectError
+from corral.client import Client
 from corral.config import Settings
-from corral.errors import CorralError
+from corral.errors import BadRequestError, ConnectError, CorralError
 from corral.modelfile import parse as parse_modelfile
 from corral.modelfile import to_create_fields
 from corral.schemas.native import CreateRequest, ShowResponse
@@ -190,7 +190,7 @@ def _resolve_local(arg: str, base: Path) -> Path | None:
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf")) or sorted(path.glob("*.bin"))
         if not ggufs:
-            raise CorralError("no Modelfile or safetensors files found", status=400)
+            raise BadRequestError("no Modelfile or safetensors files found")
         return ggufs[0]
     return path if path.exists() else None
 
@@ -234,7 +234,7 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
         for adapter in adapters:
             path = _resolve_local(adapter, base)
             if path is None:
-                raise CorralError(f"adapter file not found: {adapter}", status=400)
+                raise BadRequestError(f"adapter file not found: {adapter}")
             body["adapters"][path.name] = _upload(c, path)
     return CreateRequest.model_validate(body)
 

@@ -18,7 +18,7 @@ from corral.cli.format import table
 from corral.cli.run import history_path, print_summary, stream_answer
 from corral.client import Client
 from corral.config import Settings
-from corral.errors import CorralError
+from corral.errors import BadRequestError, CorralError
 from corral.schemas.native import CreateRequest
 from corral.schemas.options import ALL_KEYS, parse_parameter
 
@@ -149,7 +149,7 @@ class Repl:
         if what == "parameter":
             name, _, value = rest.partition(" ")
             if name not in ALL_KEYS:
-                raise CorralError(f"unknown parameter '{name}'", status=400)
+                raise BadRequestError(f"unknown parameter '{name}'")
             parsed = parse_parameter(name, value) if name != "stop" else shlex.split(value)
             options[name] = parsed
             self.say(f"Set parameter '{name}' to '{value}'")

@@ -22,7 +22,7 @@ from corral.cli.progress import render_progress
 from corral.client import Client
 from corral.config import Settings
 from corral.durations import parse_go_duration
-from corral.errors import CorralError
+from corral.errors import ConnectError, CorralError, NotFoundError
 from corral.schemas.options import ALL_KEYS, DEPRECATED_KEYS, parse_parameter
 
 err = Console(stderr=True, highlight=False)
@@ -34,7 +34,7 @@ def ensure_server(cfg: Settings, c: Client) -> None:
     if c.heartbeat():
         return
     if not cfg.host_url.is_loopback:
-        raise CorralError("could not connect to corral server, run 'corral serve' to start it", status=503)
+        raise ConnectError("could not connect to corral server, run 'corral serve' to start it")
     log_dir = cfg.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "server.log"
@@ -49,7 +49,7 @@ def ensure_server(cfg: Settings, c: Client) -> None:
         if c.heartbeat():
             return
         time.sleep(0.2)
-    raise CorralError(f"the background server did not start; see {log_path}", status=503)
+    raise ConnectError(f"the background server did not start; see {log_path}")
 
 
 def ensure_model(c: Client, model: str) -> None:
@@ -253,7 +253,7 @@ def stop(model: str) -> None:
     with client() as c:
         running = [m["name"] for m in c.ps().get("models", [])]
         if not any(_same(model, name) for name in running):
-            raise CorralError(f'couldn\'t find model "{model}" to stop', status=404)
+            raise NotFoundError(f'couldn\'t find model "{model}" to stop')
         for _ in c.generate({"model": model, "prompt": "", "keep_alive": 0}):
             pass
 

@@ -3,9 +3,9 @@
 Translates a Messages request (system, text, base64 images, tool_use / tool_result / thinking
 blocks, tools, stop_sequences, thinking, output_config.effort) into a native chat request, calls
 `chat_events`, and converts the native chunks back into a message object or the Anthropic SSE
-event sequence (`message_start`, `content_block_*`, `message_delta`, `message_stop`). Also owns
-Anthropic's error body. No inference logic lives here. Beyond Ollama, `tool_choice` is honoured
-(mapped to corral's native `tool_choice`).
+event sequence (`message_start`, `content_block_*`, `message_delta`, `message_stop`). Its error
+body lives in `corral.server.errors`. No inference logic lives here. Beyond Ollama, `tool_choice`
+is honoured (mapped to corral's native `tool_choice`).
 """
 
 from __future__ import annotations
@@ -20,33 +20,23 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from corral.errors import BadRequestError, CorralError
+from corral.errors import BadRequestError
 from corral.schemas.anthropic import AnthropicMessage, MessagesRequest
 from corral.schemas.native import ChatRequest
 from corral.schemas.openai import log_ignored_fields
 from corral.server.context import Ctx
+from corral.server.errors import anthropic_stream_error
+from corral.server.framing import sse_event
 from corral.server.inference import chat_events
-from corral.server.openai_stream import Native, sse_event, sse_response
+from corral.server.openai_stream import Native, sse_response
 from corral.server.stream import until_disconnected
 
 router = APIRouter()
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 EFFORTS = ("low", "medium", "high", "max")
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def anthropic_error_body(err: CorralError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(err.status, "api_error"), "message": err.message},
-            "request_id": new_id("req")}
-
-
-def stream_error(err: CorralError) -> bytes:
-    body = anthropic_error_body(err)
-    return sse_event("error", {"type": "error", "error": body["error"]})
 
 
 # Request translation ----------------------------------------------------------------------------
@@ -296,4 +286,4 @@ async def messages(req: MessagesRequest, ctx: Ctx, request: Request) -> Response
     if not req.stream:
         return JSONResponse(await until_disconnected(request, collect(mid, req.model, items)))
     events = EventStream(mid, req.model, estimate_input_tokens(req))
-    return await sse_response(event_frames(items, events), stream_error)
+    return await sse_response(event_frames(items, events), anthropic_stream_error)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from corral import __version__
-from corral.errors import BadRequestError, CorralError, ModelNotFoundError
+from corral.errors import BadRequestError, ModelNotFoundError, NotFoundError
 from corral.names import ModelName
 from corral.schemas.native import (
     CopyRequest,
@@ -113,7 +113,7 @@ async def delete(req: DeleteRequest, ctx: Ctx) -> Response:
 @router.head("/api/blobs/{digest}")
 async def blob_exists(digest: str, ctx: Ctx) -> Response:
     if not ctx.store.blobs.exists(normalize_digest(digest)):
-        raise CorralError(f'blob "{digest}" not found', status=404)
+        raise NotFoundError(f'blob "{digest}" not found')
     return Response(status_code=200)
 
 

@@ -35,6 +35,8 @@ from corral.schemas.openai import (
 )
 from corral.server.context import AppContext, Ctx
 from corral.server.embeddings import embed_response
+from corral.server.errors import anthropic_error_body, openai_error_body, openai_stream_error
+from corral.server.framing import sse_data
 from corral.server.inference import chat_events, generate_events
 from corral.server.openai_stream import (
     FINGERPRINT,
@@ -42,10 +44,7 @@ from corral.server.openai_stream import (
     Native,
     chat_completion,
     chat_sse,
-    openai_error_body,
-    openai_stream_error,
     short_id,
-    sse_data,
     sse_response,
     usage_of,
 )
@@ -382,7 +381,6 @@ def find_model(ctx: AppContext, text: str) -> dict[str, Any]:
 # Wiring --------------------------------------------------------------------------------------
 def install_openai(app: FastAPI) -> None:
     """Add the /v1 routes (OpenAI, Responses, Anthropic) and their error formats to the app."""
-    from corral.server.anthropic import anthropic_error_body
     from corral.server.anthropic import router as anthropic_router
     from corral.server.responses import router as responses_router
 

@@ -20,9 +20,10 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from corral.errors import CorralError
+from corral.server.errors import unexpected_error
+from corral.server.framing import SSE, sse_data
 
 log = logging.getLogger(__name__)
-SSE = "text/event-stream"
 FINGERPRINT = "fp_ollama"
 Native = AsyncIterator[dict[str, Any]]
 
@@ -32,30 +33,7 @@ def short_id(prefix: str) -> str:
     return f"{prefix}-{random.randrange(999)}"
 
 
-# Errors -------------------------------------------------------------------------------------
-def openai_error_type(status: int) -> str:
-    if status == 400:
-        return "invalid_request_error"
-    if status == 404:
-        return "not_found_error"
-    return "api_error"
-
-
-def openai_error_body(err: CorralError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": openai_error_type(err.status), "param": None,
-                      "code": None}}
-
-
 # SSE ------------------------------------------------------------------------------------------
-def sse_data(obj: Any) -> bytes:
-    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return f"data: {text}\n\n".encode()
-
-
-def sse_event(event: str, obj: Any) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
-
-
 async def sse_response(frames: AsyncIterator[bytes], on_error: Callable[[CorralError], bytes]) -> StreamingResponse:
     """Start the stream only after its first frame, so early errors keep their HTTP status."""
     first = await anext(frames, b"")
@@ -69,14 +47,9 @@ async def sse_response(frames: AsyncIterator[bytes], on_error: Callable[[CorralE
         except CorralError as exc:
             yield on_error(exc)
         except Exception as exc:
-            log.exception("error mid-stream")
-            yield on_error(CorralError(str(exc) or type(exc).__name__))
+            yield on_error(unexpected_error(exc))
 
     return StreamingResponse(body(), media_type=SSE)
-
-
-def openai_stream_error(err: CorralError) -> bytes:
-    return sse_data(openai_error_body(err))
 
 
 # Merging n streams ---------------------------------------------------------------------------

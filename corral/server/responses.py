@@ -28,9 +28,11 @@ from corral.errors import BadRequestError, CorralError
 from corral.schemas.native import ChatRequest
 from corral.schemas.openai import ResponsesRequest, log_ignored_fields
 from corral.server.context import Ctx
+from corral.server.errors import responses_error
+from corral.server.framing import sse_event
 from corral.server.inference import chat_events
 from corral.server.openai import CTX_FIELDS, content_parts, extra_options, ignore_eos, think_value
-from corral.server.openai_stream import Native, sse_event, sse_response
+from corral.server.openai_stream import Native, sse_response
 from corral.server.responses_tools import IGNORED_TOOLS_KEY, ToolPlan, call_item, flat_name, plan_tools
 from corral.server.stream import until_disconnected
 
@@ -292,7 +294,7 @@ async def response_frames(items: Native, rb: ResponseBuilder) -> AsyncIterator[b
                 yield frame
     except CorralError as exc:
         failed = rb.response("failed")
-        failed["error"] = {"code": "server_error", "message": exc.message}
+        failed["error"] = responses_error(exc)
         yield rb.event("response.failed", response=failed)
         return
     final = rb.final_status()
@@ -316,4 +318,4 @@ async def responses(req: ResponsesRequest, ctx: Ctx, request: Request) -> Respon
     rb = ResponseBuilder(req)
     if not req.stream:
         return JSONResponse(await until_disconnected(request, collect_response(items, rb)))
-    return await sse_response(response_frames(items, rb), lambda err: rb.event("error", message=err.message))
+    return await sse_response(response_frames(items, rb), lambda err: rb.event("error", **responses_error(err)))

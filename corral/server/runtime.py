@@ -18,7 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.durations import keep_alive_seconds
 from corral.engine.base import LoadSpec, Runner
-from corral.errors import BadRequestError, CorralError, ModelNotFoundError, PromptTooLongError, RunnerStoppedError
+from corral.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    PromptTooLongError,
+    RunnerStoppedError,
+    ServerBusyError,
+)
 from corral.gguf import GGUFInfo
 from corral.names import ModelName
 from corral.scheduler import ModelRef, Scheduler
@@ -149,7 +155,7 @@ async def leased(ctx: AppContext, job: Job) -> AsyncIterator[tuple[Runner, int]]
             yield runner, time.monotonic_ns() - started
         except RunnerStoppedError:
             if scheduler.stopping:
-                raise CorralError("server is shutting down", status=503) from None
+                raise ServerBusyError("server is shutting down") from None
             raise
 
 

@@ -29,7 +29,7 @@ from corral.auth.keys import KEYS_FILE, KeyStore
 from corral.errors import CorralError, ForbiddenError, PayloadTooLargeError, RateLimitedError
 from corral.server.context import AppContext
 from corral.server.cors import CorsPolicy, HostPolicy
-from corral.server.errors import ErrorFormats
+from corral.server.errors import ErrorFormats, retry_after_header
 from corral.server.keys_api import router as keys_router
 from corral.server.limits import RateLimiter
 from corral.server.metrics import ServerMetrics, current_key_id, install_metrics_route
@@ -250,8 +250,9 @@ class SecurityMiddleware:
         formats: ErrorFormats | None = getattr(getattr(app, "state", None), "error_formats", None)
         body = (formats or ErrorFormats()).body(scope["path"], err)
         headers = [(b"content-type", b"application/json")]
-        if isinstance(err, RateLimitedError):
-            headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+        retry = retry_after_header(err)
+        if retry is not None:
+            headers.append((b"retry-after", retry.encode()))
         if err.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="corral"'))
         await send({"type": "http.response.start", "status": err.status, "headers": headers})

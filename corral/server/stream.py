@@ -12,7 +12,6 @@ the collecting is cancelled, which closes the runner stream and so frees the seq
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -20,25 +19,15 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
 from starlette.types import Receive
 
 from corral.errors import CorralError, RequestCanceledError
+from corral.server.errors import native_stream_error, unexpected_error
+from corral.server.framing import NDJSON, ndjson_line, to_json_obj
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-NDJSON = "application/x-ndjson"
 _DONE = object()
-
-
-def to_json_obj(item: Any) -> Any:
-    if isinstance(item, BaseModel):
-        return item.model_dump(mode="json", exclude_none=True, by_alias=True)
-    return item
-
-
-def ndjson_line(item: Any) -> bytes:
-    return (json.dumps(to_json_obj(item), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 async def iterate_in_thread(gen: Iterator[T]) -> AsyncIterator[T]:
@@ -134,7 +123,6 @@ async def _ndjson(first: Any, items: AsyncIterator[Any]) -> AsyncIterator[bytes]
         async for item in items:
             yield ndjson_line(item)
     except CorralError as exc:
-        yield ndjson_line({"error": exc.message})
+        yield native_stream_error(exc)
     except Exception as exc:
-        log.exception("error mid-stream")
-        yield ndjson_line({"error": str(exc) or type(exc).__name__})
+        yield native_stream_error(unexpected_error(exc))

@@ -35,11 +35,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from corral.auth.authenticator import ANONYMOUS, Authenticator, Principal
-from corral.errors import BadRequestError, CorralError, RequestCanceledError, UnauthorizedError
+from corral.errors import BadRequestError, CorralError, ForbiddenError, RequestCanceledError, UnauthorizedError
 from corral.schemas.native import ChatRequest, GenerateRequest
 from corral.server.bodycheck import check_json_text
 from corral.server.context import AppContext
 from corral.server.cors import CorsPolicy, HostPolicy
+from corral.server.errors import native_error_body, ws_error_message
 from corral.server.inference import chat_events, collect_chat, collect_generate, generate_events
 from corral.server.limits import RateLimiter
 from corral.server.metrics import current_key_id
@@ -80,16 +81,6 @@ def _policies(ctx: AppContext) -> tuple[HostPolicy, CorsPolicy]:
 
 def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-
-
-def error_message(err: CorralError, rid: object = None) -> dict[str, Any]:
-    """A request's final error (`id` set) or a protocol error (`type: error`)."""
-    out: dict[str, Any] = {"id": rid} if rid is not None else {"type": "error"}
-    out.update(error=err.message, status=err.status)
-    retry = getattr(err, "retry_after", None)
-    if retry is not None:
-        out["retry_after"] = max(1, round(retry))
-    return out
 
 
 class Session:
@@ -139,9 +130,9 @@ class Session:
         origin = header(scope, b"origin")
         try:
             if not hosts.allowed(header(scope, b"host")):
-                raise CorralError("forbidden: host not allowed", status=403)
+                raise ForbiddenError("forbidden: host not allowed")
             if origin and not cors.origin_allowed(origin):
-                raise CorralError("forbidden: origin not allowed", status=403)
+                raise ForbiddenError("forbidden: origin not allowed")
             credential = credential_of(scope)
             if credential is not None or not self.auth.enabled:
                 self.principal = self._authorize(credential)
@@ -158,7 +149,7 @@ class Session:
     async def _deny(self, err: CorralError) -> None:
         """Refuse the handshake with the error as an HTTP response where the server can send one."""
         if "websocket.http.response" in self.ws.scope.get("extensions", {}):
-            await self.ws.send_denial_response(JSONResponse({"error": err.message}, status_code=err.status))
+            await self.ws.send_denial_response(JSONResponse(native_error_body(err), status_code=err.status))
         else:
             await self.ws.close(POLICY_VIOLATION, err.message[:120])
 
@@ -180,7 +171,7 @@ class Session:
             self.principal = self._authorize(key if isinstance(key, str) else None)
         except CorralError as err:
             with contextlib.suppress(_Gone):
-                await self._send(error_message(err))
+                await self._send(ws_error_message(err))
             await self._close(POLICY_VIOLATION)
             return False
         return True
@@ -194,7 +185,7 @@ class Session:
             try:
                 await self._dispatch(self._parse(message.get("text")))
             except CorralError as err:
-                await self._send_quietly(error_message(err))
+                await self._send_quietly(ws_error_message(err))
             except _Gone:
                 return
             if self.closed:
@@ -250,7 +241,7 @@ class Session:
             except ValidationError as exc:
                 raise BadRequestError(_validation_text(exc)) from None
         except CorralError as err:
-            await self._send(error_message(err, rid))
+            await self._send(ws_error_message(err, rid))
             return
         task = asyncio.create_task(self._serve(kind, rid, request), name=f"corral-ws-{rid}")
         self.tasks[rid] = task
@@ -273,15 +264,15 @@ class Session:
             items = None
             if not self.closed:
                 with contextlib.suppress(_Gone):
-                    await asyncio.shield(self._send(error_message(RequestCanceledError(), rid)))
+                    await asyncio.shield(self._send(ws_error_message(RequestCanceledError(), rid)))
             raise
         except _Gone:
             pass
         except CorralError as err:
-            await self._send_quietly(error_message(err, rid))
+            await self._send_quietly(ws_error_message(err, rid))
         except Exception as exc:
             log.exception("websocket request %r failed", rid)
-            await self._send_quietly(error_message(CorralError(f"internal error: {type(exc).__name__}: {exc}"), rid))
+            await self._send_quietly(ws_error_message(CorralError(f"internal error: {type(exc).__name__}: {exc}"), rid))
         finally:
             current_key_id.reset(token)
             await _aclose(items)

@@ -222,9 +222,9 @@ def test_messages_errors(env: Env, body: dict[str, Any], status: int, etype: str
     run(main())
 
 
-def test_anthropic_error_types() -> None:
     from corral.errors import CorralError
-    got = {s: anth.anthropic_error_body(CorralError("m", status=s))["error"]["type"]
+    from corral.server.errors import anthropic_error_body
+    got = {s: anthropic_error_body(CorralError("m", status=s))["error"]["type"]
            for s in (400, 401, 403, 404, 429, 500, 503, 529)}
     assert got == {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                    404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
