@@ -1,6 +1,6 @@
 """Settings: every `CORRAL_*` variable, read once at the edge (CLI / server start) and passed down.
 
-`Settings.load` adds the config file under the environment (`corral.configfile`).
+`corral.configfile.load_settings` adds the config file under the environment.
 Nothing below the CLI and `server.app` reads the environment. Names map one-to-one onto Ollama's
 `OLLAMA_*` variables (README "Configuration"); values are trimmed of spaces and quotes, and booleans
 follow Go's `strconv.ParseBool` with Ollama's rule that any other non-empty value means true.
@@ -340,16 +340,6 @@ class Settings(BaseModel):
                 values[name] = raw.strip().strip("\"'")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
-
-    @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None, file: Path | None = None,
-             **overrides: Any) -> Settings:
-        """The edge: `file` (or `$CORRAL_CONFIG`, or `$CORRAL_HOME/config.toml` when present),
-        then `CORRAL_*` from `environ` over it, then `overrides` (CLI flags) over both.
-        Raises `corral.configfile.ConfigError` naming the file, line and key (or the variable)."""
-        from corral.configfile import load_config
-
-        return load_config(environ, file, overrides).settings
 
     def defaults_for(self, name: ModelName) -> ModelDefaults | None:
         """The `[models."..."]` section for a model, matched as model names are (case-insensitive)."""

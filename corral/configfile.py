@@ -1,6 +1,6 @@
 """The config file (`corral.toml`) and where every effective setting came from.
 
-`load_config` is the edge behind `Settings.load`: defaults, then the TOML file, then `CORRAL_*`
+`load_config` is the edge behind `load_settings`: defaults, then the TOML file, then `CORRAL_*`
 variables, then CLI flags, each layer overriding the one before. Every problem stops the start
 with the file, line and key (or the variable) named: unknown keys (with a suggestion), values of
 the wrong TOML type, values out of range. The file's keys are the settings' names
@@ -104,6 +104,14 @@ def load_config(environ: Mapping[str, str] | None = None, path: Path | None = No
     except ValidationError as exc:
         raise ConfigError(_validation_text(exc, sources)) from None
     return LoadedConfig(settings, found, sources)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, file: Path | None = None,
+                  **overrides: Any) -> Settings:
+    """The edge: `file` (or `$CORRAL_CONFIG`, or `$CORRAL_HOME/config.toml` when present),
+    then `CORRAL_*` from `environ` over it, then `overrides` (CLI flags) over both.
+    Raises `ConfigError` naming the file, line and key (or the variable)."""
+    return load_config(environ, file, overrides).settings
 
 
 def read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:

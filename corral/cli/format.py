@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from corral.schemas.native import ShowResponse
+
 _UNITS = [(1000**4, "TB"), (1000**3, "GB"), (1000**2, "MB"), (1000, "KB")]
 
 
@@ -71,3 +73,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], pad: int = 4) -
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
         lines.append((" " * pad).join(cells).rstrip())
     return "\n".join(lines)
+
+
+def render_show(info: ShowResponse, *, verbose: bool = False) -> str:
+    """The default `show` view: Model, Capabilities, Parameters, System, License sections."""
+    mi = info.model_info or {}
+    arch = str(mi.get("general.architecture", info.details.family if info.details else ""))
+    rows: list[tuple[str, str]] = [("architecture", arch)]
+    if info.details:
+        rows.append(("parameters", info.details.parameter_size))
+    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
+        if f"{arch}.{key}" in mi:
+            rows.append((label, str(mi[f"{arch}.{key}"])))
+    if info.details:
+        rows.append(("quantization", info.details.quantization_level))
+    out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows] + [""]
+    if info.capabilities:
+        out += ["  Capabilities"] + [f"    {c}" for c in info.capabilities] + [""]
+    if info.parameters:
+        out += ["  Parameters"] + [f"    {line}" for line in info.parameters.splitlines()] + [""]
+    if info.system:
+        out += ["  System"] + [f"    {line}" for line in info.system.splitlines()[:2]] + [""]
+    if info.license:
+        out += ["  License"] + [f"    {line}" for line in info.license.splitlines()[:2]] + [""]
+    if verbose and mi:
+        out += ["  Metadata"] + [f"    {k:<40}{v}" for k, v in sorted(mi.items())] + [""]
+    return "\n".join(out)

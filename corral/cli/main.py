@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
 from corral import __version__
+from corral.cli.common import client, console, fail
 from corral.cli.configcmd import config as config_group
-from corral.cli.format import human_bytes, human_time, table
+from corral.cli.format import human_bytes, human_time, render_show, table
 from corral.cli.keys import keys as keys_group
 from corral.cli.launch import launch as launch_cmd
 from corral.cli.progress import new_progress, render_progress
 from corral.client import Client
-from corral.config import Settings
+from corral.configfile import load_settings
 from corral.errors import BadRequestError, ConnectError, CorralError
 from corral.modelfile import parse as parse_modelfile
 from corral.modelfile import to_create_fields
-from corral.schemas.native import CreateRequest, ShowResponse
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
-
-
-def settings() -> Settings:
-    return Settings.load()
-
-
-def client(cfg: Settings | None = None) -> Client:
-    cfg = cfg or settings()
-    verify: bool | str = str(cfg.ca_bundle) if cfg.ca_bundle else True
-    return Client(cfg.host_url.url, api_key=cfg.api_key, verify=verify)
-
-
-def fail(message: str) -> None:
-    err_console.print(f"Error: {message}", markup=False, soft_wrap=True)
-    sys.exit(1)
+from corral.schemas.native import CreateRequest
 
 
 class CorralGroup(click.Group):
@@ -157,32 +138,6 @@ def show(model: str, show_license: bool, show_modelfile: bool, show_parameters: 
     console.print(render_show(info, verbose=verbose), markup=False, soft_wrap=True)
 
 
-def render_show(info: ShowResponse, *, verbose: bool = False) -> str:
-    """The default `show` view: Model, Capabilities, Parameters, System, License sections."""
-    mi = info.model_info or {}
-    arch = str(mi.get("general.architecture", info.details.family if info.details else ""))
-    rows: list[tuple[str, str]] = [("architecture", arch)]
-    if info.details:
-        rows.append(("parameters", info.details.parameter_size))
-    for key, label in (("context_length", "context length"), ("embedding_length", "embedding length")):
-        if f"{arch}.{key}" in mi:
-            rows.append((label, str(mi[f"{arch}.{key}"])))
-    if info.details:
-        rows.append(("quantization", info.details.quantization_level))
-    out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows] + [""]
-    if info.capabilities:
-        out += ["  Capabilities"] + [f"    {c}" for c in info.capabilities] + [""]
-    if info.parameters:
-        out += ["  Parameters"] + [f"    {line}" for line in info.parameters.splitlines()] + [""]
-    if info.system:
-        out += ["  System"] + [f"    {line}" for line in info.system.splitlines()[:2]] + [""]
-    if info.license:
-        out += ["  License"] + [f"    {line}" for line in info.license.splitlines()[:2]] + [""]
-    if verbose and mi:
-        out += ["  Metadata"] + [f"    {k:<40}{v}" for k, v in sorted(mi.items())] + [""]
-    return "\n".join(out)
-
-
 def _resolve_local(arg: str, base: Path) -> Path | None:
     path = Path(arg).expanduser()
     if not path.is_absolute():
@@ -279,7 +234,7 @@ def serve(config_file: Path | None, host: str | None, tls_cert: Path | None, tls
     """Start the corral server."""
     from corral.cli.serve import run_server
 
-    cfg = Settings.load(
+    cfg = load_settings(
         file=config_file, host=host, tls_cert=tls_cert, tls_key=tls_key,
         allow_unauthenticated=True if allow_unauthenticated else None,
     )

@@ -14,8 +14,8 @@ from typing import Any
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 
-from corral.cli.format import table
-from corral.cli.run import history_path, print_summary, stream_answer
+from corral.cli.answer import history_path, print_summary, stream_answer
+from corral.cli.format import render_show, table
 from corral.client import Client
 from corral.config import Settings
 from corral.errors import BadRequestError, CorralError
@@ -181,8 +181,6 @@ class Repl:
         values = {"license": info.license, "modelfile": info.modelfile, "parameters": info.parameters,
                   "system": self.system or info.system, "template": info.template}
         if what == "info":
-            from corral.cli.main import render_show
-
             self.say(render_show(info))
         elif what in values:
             self.say(values[what] or f"No {what} was specified for this model.")

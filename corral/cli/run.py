@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 
+from corral.cli.answer import print_summary, stream_answer
+from corral.cli.common import client, console, settings
+from corral.cli.common import err_console as err
 from corral.cli.format import human_bytes, human_time, table
 from corral.cli.progress import render_progress
 from corral.client import Client
@@ -25,7 +26,6 @@ from corral.durations import parse_go_duration
 from corral.errors import ConnectError, CorralError, NotFoundError
 from corral.schemas.options import ALL_KEYS, DEPRECATED_KEYS, parse_parameter
 
-err = Console(stderr=True, highlight=False)
 SERVER_START_TIMEOUT = 30.0
 
 
@@ -80,51 +80,6 @@ def parse_think(value: str | None) -> Any:
     if lowered in ("low", "medium", "high", "max"):
         return lowered
     raise click.BadParameter("think must be true, false, low, medium, high or max")
-
-
-def print_summary(final: dict[str, Any]) -> None:
-    """The `--verbose` timing summary, formatted as Ollama's Metrics.Summary."""
-    def dur(ns: int) -> str:
-        s = ns / 1e9
-        return f"{s * 1000:.6f}ms".rstrip("0") if s < 1 else f"{s:.9f}s".rstrip("0")
-
-    lines = [f"total duration:       {dur(final.get('total_duration', 0))}",
-             f"load duration:        {dur(final.get('load_duration', 0))}"]
-    pc, pd = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)
-    lines.append(f"prompt eval count:    {pc} token(s)")
-    if pd:
-        lines += [f"prompt eval duration: {dur(pd)}", f"prompt eval rate:     {pc / (pd / 1e9):.2f} tokens/s"]
-    if "prompt_cache_count" in final:
-        lines.append(f"prompt cache count:   {final['prompt_cache_count']} token(s)")
-    ec, ed = final.get("eval_count", 0), final.get("eval_duration", 0)
-    lines.append(f"eval count:           {ec} token(s)")
-    if ed:
-        lines += [f"eval duration:        {dur(ed)}", f"eval rate:            {ec / (ed / 1e9):.2f} tokens/s"]
-    err.print("\n".join(lines))
-
-
-def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict[str, Any]:
-    """Print streamed text as it arrives; return the final chunk."""
-    final: dict[str, Any] = {}
-    thinking = False
-    for chunk in chunks:
-        part = chunk.get("message", {}) if key == "message" else chunk
-        think_text = part.get("thinking") or ""
-        text = part.get("content" if key == "message" else "response") or ""
-        if think_text and not hide_thinking:
-            if not thinking:
-                sys.stdout.write("Thinking...\n")
-                thinking = True
-            sys.stdout.write(think_text)
-        if text:
-            if thinking:
-                sys.stdout.write("\n...done thinking.\n\n")
-                thinking = False
-            sys.stdout.write(text)
-        sys.stdout.flush()
-        if chunk.get("done"):
-            final = chunk
-    return final
 
 
 # llama.cpp's flag names (llama-cli / llama-server) as aliases of the request options.
@@ -197,8 +152,6 @@ def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepal
 
     Model options can be set with --parameter NAME=VALUE or with llama.cpp's flag names.
     """
-    from corral.cli.main import client, settings
-
     options = request_options(flags, parameters)
     cfg = settings()
     parts = list(prompt)
@@ -232,8 +185,6 @@ def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepal
 @click.command()
 def ps() -> None:
     """List running models."""
-    from corral.cli.main import client, console
-
     with client() as c:
         models = c.ps().get("models", [])
     rows = []
@@ -248,8 +199,6 @@ def ps() -> None:
 @click.argument("model")
 def stop(model: str) -> None:
     """Stop a running model."""
-    from corral.cli.main import client
-
     with client() as c:
         running = [m["name"] for m in c.ps().get("models", [])]
         if not any(_same(model, name) for name in running):
@@ -261,7 +210,3 @@ def stop(model: str) -> None:
 def _same(given: str, loaded: str) -> bool:
     norm = given if ":" in given.rsplit("/", 1)[-1] else given + ":latest"
     return norm.lower() == loaded.lower()
-
-
-def history_path(cfg: Settings) -> Path | None:
-    return None if cfg.nohistory else cfg.home / "history"

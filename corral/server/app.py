@@ -97,7 +97,11 @@ def create_app(
         from corral.server.ws import router as ws_router
 
         app.include_router(ws_router)
-        from corral.server.openai import install_openai
+        from corral.server.anthropic import router as anthropic_router
+        from corral.server.openai import router as openai_router
+        from corral.server.responses import router as responses_router
 
-        install_openai(app)
+        app.include_router(openai_router)
+        app.include_router(responses_router)
+        app.include_router(anthropic_router)
     return app

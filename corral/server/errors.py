@@ -1,8 +1,8 @@
 """The one place where errors become HTTP responses and stream frames.
 
 `CorralError` carries the status and the user-facing message; this module writes it in every wire
-format corral speaks: the body of an error response (native `{"error": "..."}`, OpenAI, Anthropic;
-the /v1 routes register theirs by path prefix), the frame that ends a stream after its first byte
+format corral speaks: the body of an error response (native `{"error": "..."}`, OpenAI under
+/v1/, Anthropic under /v1/messages: chosen by path prefix), the frame that ends a stream after its first byte
 (an NDJSON line, an OpenAI SSE `data:` frame, an Anthropic SSE `error` event), and a WebSocket
 error message. `retry_after` becomes the `Retry-After` header. Request validation failures become
 400s with a readable message, as Ollama's JSON decoding errors do.
@@ -139,7 +139,9 @@ def validation_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.state.error_formats = ErrorFormats()
+    app.state.error_formats = formats = ErrorFormats()
+    formats.register("/v1/", openai_error_body)
+    formats.register("/v1/messages", anthropic_error_body)
 
     @app.exception_handler(CorralError)
     async def _corral(request: Request, exc: CorralError) -> Response:

@@ -5,7 +5,7 @@ function (`chat_events`, `generate_events`, `embed_response`) and converts the r
 §1 "OpenAI compatibility"); no inference logic lives here. Beyond Ollama: `n` > 1 (n native
 streams run concurrently, so they batch in the runner), `tool_choice`, and a per-request context
 size (`num_ctx` as an extra body field or inside an extra `options` object).
-`install_openai` wires these routes, the Responses and Anthropic routes and their error formats.
+`corral.server.app` wires this router (and the Responses and Anthropic ones).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -35,7 +35,7 @@ from corral.schemas.openai import (
 )
 from corral.server.context import AppContext, Ctx
 from corral.server.embeddings import embed_response
-from corral.server.errors import anthropic_error_body, openai_error_body, openai_stream_error
+from corral.server.errors import openai_stream_error
 from corral.server.framing import sse_data
 from corral.server.inference import chat_events, generate_events
 from corral.server.openai_stream import (
@@ -377,16 +377,3 @@ def find_model(ctx: AppContext, text: str) -> dict[str, Any]:
         raise ModelNotFoundError(text, f"model '{text}' not found") from None
     return model_object(text, stored.modified_at, stored.name.namespace)
 
-
-# Wiring --------------------------------------------------------------------------------------
-def install_openai(app: FastAPI) -> None:
-    """Add the /v1 routes (OpenAI, Responses, Anthropic) and their error formats to the app."""
-    from corral.server.anthropic import router as anthropic_router
-    from corral.server.responses import router as responses_router
-
-    formats = app.state.error_formats
-    formats.register("/v1/", openai_error_body)
-    formats.register("/v1/messages", anthropic_error_body)
-    app.include_router(router)
-    app.include_router(responses_router)
-    app.include_router(anthropic_router)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.config import Settings
-from corral.configfile import ConfigError, describe, key_lines, load_config
+from corral.configfile import ConfigError, describe, key_lines, load_config, load_settings
 from corral.names import ModelName
 
 EXAMPLE = """\
@@ -85,7 +84,7 @@ def test_discovery_home_file_and_corral_config(tmp_path: Path) -> None:
 
 def test_settings_load_is_the_edge(tmp_path: Path) -> None:
     path = write(tmp_path, "max_queue = 13\n")
-    assert Settings.load({"CORRAL_HOME": str(tmp_path)}, path, num_parallel=2).max_queue == 13
+    assert load_settings({"CORRAL_HOME": str(tmp_path)}, path, num_parallel=2).max_queue == 13
 
 
 @pytest.mark.parametrize(

@@ -93,10 +93,7 @@ async def test_x_api_key_header_and_bad_credentials(tmp_path: Path) -> None:
 
 
 async def test_compat_routes_get_their_own_error_shapes(tmp_path: Path) -> None:
-    from corral.server.openai import install_openai
-
-    app = make_app(tmp_path)
-    install_openai(app)  # registers the OpenAI (/v1/) and Anthropic (/v1/messages) error formats
+    app = make_app(tmp_path)  # the error handlers choose the OpenAI (/v1/) and Anthropic (/v1/messages) formats
     _, plain = keys(tmp_path).create("read")
     async with client(app) as c:
         openai_401 = await c.post("/v1/chat/completions", json={})
