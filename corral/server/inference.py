@@ -88,7 +88,7 @@ def logprob_dicts(chunk: Chunk) -> list[dict[str, Any]]:
     return out
 
 
-async def lifecycle_only(ctx: AppContext, job: Job, keep_alive: object, shape: Callable[[str], dict[str, Any]]
+async def lifecycle_only(ctx: AppContext, job: Job, shape: Callable[[str], dict[str, Any]]
                          ) -> AsyncIterator[dict[str, Any]]:
     """Empty prompt/messages: load the model, or unload it when keep_alive is 0."""
     if job.keep_alive is not None and job.keep_alive <= 0:
@@ -155,7 +155,7 @@ async def generate_events(ctx: AppContext, req: GenerateRequest) -> AsyncIterato
         return {"model": req.model, "created_at": now_iso(), "response": "", "done": True, "done_reason": reason}
 
     if not req.prompt and not req.suffix and not images:
-        return lifecycle_only(ctx, job, req.keep_alive, shape)
+        return lifecycle_only(ctx, job, shape)
     if req.debug_render_only:
         prompt = generate_prompt(job, req, [], plan.think)
         return single({"model": req.model, "created_at": now_iso(),
@@ -243,7 +243,7 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
                 "done": True, "done_reason": reason}
 
     if not req.messages:
-        return lifecycle_only(ctx, job, req.keep_alive, shape)
+        return lifecycle_only(ctx, job, shape)
     messages = with_model_preamble(job, req.messages)
     if req.debug_render_only:
         prompt = render_messages(job, messages, tools=plan.render_tools, think=plan.think,

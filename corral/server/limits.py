@@ -72,13 +72,13 @@ class RateLimiter:
                 tokens.trim(now)
                 if tokens.total >= self.tpm:
                     wait = tokens.wait_for_room(now, self.tpm, 1)
-                    raise _limited("tokens", wait, f"rate limit exceeded: {self.tpm} tokens per minute")
+                    raise _limited(wait, f"rate limit exceeded: {self.tpm} tokens per minute")
             if self.rpm > 0:
                 window = self._requests.setdefault(key, _Window())
                 window.trim(now)
                 if window.total >= self.rpm:
                     wait = window.wait_for_room(now, self.rpm, 1)
-                    raise _limited("requests", wait, f"rate limit exceeded: {self.rpm} requests per minute")
+                    raise _limited(wait, f"rate limit exceeded: {self.rpm} requests per minute")
                 window.add(now, 1)
 
     def usage(self, key: str) -> tuple[int, int]:
@@ -103,7 +103,5 @@ class RateLimiter:
             window.add(now, tokens)
 
 
-def _limited(kind: str, wait: float, message: str) -> RateLimitedError:
-    err = RateLimitedError(message, retry_after=max(1.0, math.ceil(wait)))
-    err.limit = kind  # type: ignore[attr-defined]
-    return err
+def _limited(wait: float, message: str) -> RateLimitedError:
+    return RateLimitedError(message, retry_after=max(1.0, math.ceil(wait)))

@@ -59,10 +59,8 @@ async def resolve_job(
     model_name: str,
     options: dict[str, Any] | None,
     keep_alive: object,
-    *,
-    not_found: str = "model '{name}' not found",
 ) -> Job:
-    """Resolve the model and merge options; raise the route's 404 text for unknown models."""
+    """Resolve the model and merge options; an unknown model is a `ModelNotFoundError`."""
     name = ModelName.try_parse(model_name or "")
     if name is None:
         if not model_name:
@@ -71,7 +69,7 @@ async def resolve_job(
     try:
         model = await run_in_threadpool(lambda: ctx.store.load_model(ctx.store.resolve(name)))
     except ModelNotFoundError:
-        raise ModelNotFoundError(model_name, not_found.format(name=model_name)) from None
+        raise ModelNotFoundError(model_name) from None
     if model.model_path is None:
         raise BadRequestError(f"model '{model_name}' has no weights to run")
     info = await run_in_threadpool(gguf_info, ctx, model)
