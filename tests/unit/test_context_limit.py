@@ -19,6 +19,7 @@ from corral.server.app import create_app
 from corral.store.store import Store
 from tests.unit.openai_env import make_model
 
+
 # The scripted runner counts whitespace-separated words as tokens.
 def make_tools(words: int) -> list[dict[str, Any]]:
     return [{"type": "function", "function": {"name": f"tool_{i}", "description": "does things " * words,
