@@ -43,9 +43,11 @@ def smollm2() -> Path:
     return smollm2_path()
 
 
-def wait_ready(url: str, timeout: float = 120) -> None:
+def wait_ready(url: str, timeout: float = 120, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({proc.returncode})")
         try:
             if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
                 return
@@ -84,10 +86,28 @@ class Peak:
         return rss
 
 
-def start_llama_server(binary: str, port: int, model: Path) -> subprocess.Popen[bytes]:
+def start_llama_server(binary: str, port: int, model: Path, *, repack: bool = True) -> subprocess.Popen[bytes]:
     cmd = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(PARALLEL),
            "-c", str(PARALLEL * CTX_PER_SEQ), "-t", str(THREADS), "--no-webui"]
+    if not repack:
+        cmd.append("--no-repack")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_ready_llama_server(binary: str, port: int, model: Path) -> subprocess.Popen[bytes]:
+    """llama-server, under the rule corral's engine follows: when the warm-up dies on an illegal
+    instruction (a CPU that advertises AMX it cannot run, seen in VMs), run without repacking."""
+    proc = start_llama_server(binary, port, model)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
+        return proc
+    except RuntimeError:
+        if proc.poll() != -signal.SIGILL:
+            raise
+    print("llama-server died on an illegal instruction: running it with --no-repack, as corral does", flush=True)
+    proc = start_llama_server(binary, port, model, repack=False)
+    wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
+    return proc
 
 
 def start_corral(port: int, home: Path) -> subprocess.Popen[bytes]:
@@ -129,8 +149,7 @@ def run_server(kind: str, scenarios: list[str], repeat: int, binary: str, model:
     home = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     started = time.monotonic()
     if kind == "llama-server":
-        proc = start_llama_server(binary, port, model)
-        wait_ready(f"http://127.0.0.1:{port}/health")
+        proc = start_ready_llama_server(binary, port, model)
         name = "smollm2"
     else:
         proc = start_corral(port, home)
