@@ -75,7 +75,7 @@ class Plan:
 
 def derived_name(model: str, num_ctx: int) -> str:
     """The model `--num-ctx` creates: same name, tag suffixed with the context (`m:0.5b-ctx32768`)."""
-    base, tag = (model.rsplit(":", 1) if ":" in model.rsplit("/", 1)[-1] else (model, "latest"))
+    base, tag = with_tag(model).rsplit(":", 1)
     return f"{base}:{tag}-ctx{num_ctx}"
 
 
@@ -179,12 +179,18 @@ def render_script(plan: Plan, *, secret: str | None) -> str:
 
 
 # Talking to the server -----------------------------------------------------------------------------
+def with_tag(model: str) -> str:
+    """`name` as /api/ps reports it: with its tag (`latest` when none is given)."""
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
 def context_of(c: Client, model: str) -> int:
     """The context the server runs `model` with: load it (a prompt-less generate) and read /api/ps."""
     for _ in c.generate({"model": model}):
         pass
+    wanted = with_tag(model)
     for entry in c.ps().get("models", []):
-        if entry.get("name") == model or entry.get("model") == model:
+        if wanted in (with_tag(str(entry.get("name", ""))), with_tag(str(entry.get("model", "")))):
             return int(entry.get("context_length") or 0)
     return 0
 
@@ -251,7 +257,7 @@ def execute(plan: Plan) -> int:
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     for note in plan.notes:
-        err.print(note)
+        err.print(note, markup=False, soft_wrap=True)
     return subprocess.call([binary, *plan.argv[1:]], env={**os.environ, **plan.env})
 
 

@@ -120,3 +120,29 @@ def test_missing_agent_and_missing_server_fail_clearly(tmp_path: Path, monkeypat
     env = {"CORRAL_HOST": "127.0.0.1:9", "CORRAL_HOME": str(tmp_path)}
     result = CliRunner().invoke(cli, ["launch", "claude", "--model", "m"], env=env)
     assert result.exit_code == 1 and "could not connect" in result.output
+
+
+class StubClient:
+    """What `context_of` asks of a client: a load-only generate, then /api/ps."""
+
+    def __init__(self, ps: list[dict[str, object]]) -> None:
+        self.models = ps
+        self.loaded: list[str] = []
+
+    def generate(self, body: dict[str, object]) -> list[dict[str, object]]:
+        self.loaded.append(str(body["model"]))
+        return [{"done": True}]
+
+    def ps(self) -> dict[str, object]:
+        return {"models": self.models}
+
+
+def test_context_of_matches_untagged_names() -> None:
+    from corral.cli.launch import context_of
+
+    stub = StubClient([{"name": "other:latest", "context_length": 8192},
+                       {"name": "qwen-coder:latest", "model": "qwen-coder:latest", "context_length": 4096}])
+    assert context_of(stub, "qwen-coder") == 4096  # type: ignore[arg-type]
+    assert context_of(stub, "qwen-coder:latest") == 4096  # type: ignore[arg-type]
+    assert context_of(stub, "missing") == 0  # type: ignore[arg-type]
+    assert stub.loaded == ["qwen-coder", "qwen-coder:latest", "missing"]
