@@ -41,6 +41,9 @@ from corral.schemas.native import CreateRequest
 err = Console(stderr=True, highlight=False)
 PLACEHOLDER_KEY = "corral"
 RECOMMENDED_CTX = 32768
+# A local model may take minutes to read an agent's first prompt (tens of thousands of tokens on a
+# CPU); the agents drop a stream that is silent for 5 minutes, so they are told to wait longer.
+IDLE_TIMEOUT_MS = 30 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def _claude(plan: Plan, key: str, extra: list[str]) -> None:
         "ANTHROPIC_DEFAULT_HAIKU_MODEL": m,
         "CLAUDE_CODE_SUBAGENT_MODEL": m,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_STREAM_IDLE_TIMEOUT_MS": str(IDLE_TIMEOUT_MS),
+        "API_TIMEOUT_MS": str(IDLE_TIMEOUT_MS),
         "DISABLE_TELEMETRY": "1",
         "DISABLE_ERROR_REPORTING": "1",
     })
@@ -106,6 +111,7 @@ def _codex(plan: Plan, key: str, extra: list[str], num_ctx: int | None) -> None:
         f"{provider}.base_url={json.dumps(plan.base_url + '/v1')}",
         f'{provider}.wire_api="responses"',
         f'{provider}.env_key="CORRAL_API_KEY"',
+        f"{provider}.stream_idle_timeout_ms={IDLE_TIMEOUT_MS}",
     ]
     if num_ctx:
         overrides.append(f"model_context_window={num_ctx}")

@@ -10,6 +10,7 @@ is honoured (mapped to corral's native `tool_choice`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -254,11 +255,40 @@ def estimate_input_tokens(req: MessagesRequest) -> int:
     return max(len(text) // 4, 1)
 
 
+FIRST_CHUNK_WAIT = 30.0
+"""Seconds `message_start` waits for the first chunk: an error before it (an unknown model, a prompt
+larger than the context) keeps its HTTP status."""
+PING_EVERY = 15.0
+"""Then `ping` events until the first chunk: a long prompt evaluation must not look like a dead
+stream to clients that watch for idle ones (Claude Code gives up after 5 minutes without events)."""
+
+
+async def first_chunk(items: Native, events: EventStream) -> AsyncIterator[bytes | dict[str, Any] | None]:
+    """Frames to send while waiting (`message_start`, pings), then the first chunk (or None)."""
+    task = asyncio.ensure_future(anext(items, None))
+    try:
+        started = False
+        while not (await asyncio.wait({task}, timeout=PING_EVERY if started else FIRST_CHUNK_WAIT))[0]:
+            if not started:
+                yield events.start()
+                started = True
+            yield sse_event("ping", {"type": "ping"})
+        yield task.result()
+    finally:
+        task.cancel()
+
+
 async def event_frames(items: Native, events: EventStream) -> AsyncIterator[bytes]:
-    # The first native chunk comes before `message_start`, so an error raised before any output
-    # (a prompt larger than the context, an unknown model) keeps its HTTP status.
-    first = await anext(items, None)
-    yield events.start()
+    started = False
+    first: dict[str, Any] | None = None
+    async for got in first_chunk(items, events):
+        if isinstance(got, bytes):
+            started = True
+            yield got
+        else:
+            first = got
+    if not started:
+        yield events.start()
     if first is not None:
         for frame in events.convert(first):
             yield frame

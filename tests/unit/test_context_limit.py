@@ -129,3 +129,47 @@ def test_without_tools_the_runner_still_truncates(app: App) -> None:
                                "messages": [{"role": "user", "content": "word " * 200}]})
     assert r.status_code == 200, r.text
     assert app.engine.runners[0].prompts  # handed to the runner, which truncates (llama.cpp engine)
+
+
+def test_slow_first_token_streams_pings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from corral.server import anthropic as anth
+
+    monkeypatch.setattr(anth, "FIRST_CHUNK_WAIT", 0.05)
+    monkeypatch.setattr(anth, "PING_EVERY", 0.05)
+    app = App(tmp_path)
+    app.engine.delay = 0.3  # a long prompt evaluation before the first token
+    body = {"model": "agent", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    r = app.post("/v1/messages", body)
+    assert r.status_code == 200
+    kinds = [line.split(": ", 1)[1] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert kinds[0] == "message_start" and kinds[1] == "ping"
+    first_block = kinds.index("content_block_start")
+    assert set(kinds[1:first_block]) == {"ping"} and kinds[-1] == "message_stop"
+    assert kinds.count("message_start") == 1
+    # the size check comes before the slow part, so a prompt too large is still a 400
+    r = app.post("/v1/messages", {**body, "tools": anthropic_tools()})
+    assert r.status_code == 400 and "num_ctx=64" in r.text
+
+
+def test_anthropic_sdk_reads_a_stream_with_pings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anthropic
+    import httpx2
+
+    from corral.server import anthropic as anth
+
+    monkeypatch.setattr(anth, "FIRST_CHUNK_WAIT", 0.05)
+    monkeypatch.setattr(anth, "PING_EVERY", 0.05)
+    app = App(tmp_path)
+    app.engine.delay = 0.2
+
+    async def main() -> str:
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app.app), base_url="http://127.0.0.1:11434")
+        client = anthropic.AsyncAnthropic(base_url="http://127.0.0.1:11434", api_key="x", http_client=http,
+                                          max_retries=0)
+        async with client.messages.stream(model="agent", max_tokens=50,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        await client.close()
+        return text
+
+    assert asyncio.run(main()) == "Hello world!"

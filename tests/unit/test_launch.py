@@ -42,6 +42,7 @@ def test_claude_config(tmp_path: Path) -> None:
     for name in ("ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL",
                  "ANTHROPIC_DEFAULT_OPUS_MODEL", "CLAUDE_CODE_SUBAGENT_MODEL"):
         assert env[name] == "qwen2.5-coder:0.5b", name
+    assert env["CLAUDE_STREAM_IDLE_TIMEOUT_MS"] == env["API_TIMEOUT_MS"] == "1800000"
     assert script.rstrip().splitlines()[-1] == "claude --model qwen2.5-coder:0.5b"
     assert "sekrit" not in script
 
@@ -51,7 +52,7 @@ def test_codex_config_uses_the_responses_api(tmp_path: Path) -> None:
     command = script.rstrip().splitlines()[-1]
     for override in ("model_provider=\"corral\"", 'model_providers.corral.base_url="http://127.0.0.1:5555/v1"',
                      'model_providers.corral.wire_api="responses"', 'model_providers.corral.env_key="CORRAL_API_KEY"',
-                     "model_context_window=32768"):
+                     "model_context_window=32768", "model_providers.corral.stream_idle_timeout_ms=1800000"):
         assert f"-c '{override}'" in command or f"-c {override}" in command, override
     assert command.endswith("-m qwen2.5-coder:0.5b-ctx32768")
     assert "launch first creates qwen2.5-coder:0.5b-ctx32768: FROM qwen2.5-coder:0.5b with PARAMETER num_ctx 32768" \
