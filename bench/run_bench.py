@@ -96,7 +96,12 @@ def start_llama_server(binary: str, port: int, model: Path, *, repack: bool = Tr
 
 def start_ready_llama_server(binary: str, port: int, model: Path) -> subprocess.Popen[bytes]:
     """llama-server, under the rule corral's engine follows: when the warm-up dies on an illegal
-    instruction (a CPU that advertises AMX it cannot run, seen in VMs), run without repacking."""
+    instruction (a CPU that advertises AMX it cannot run, seen in VMs), run without repacking.
+    BENCH_NO_REPACK=1 forces it (llama-server's warm-up can pass and a later batch still trap)."""
+    if os.environ.get("BENCH_NO_REPACK"):
+        proc = start_llama_server(binary, port, model, repack=False)
+        wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
+        return proc
     proc = start_llama_server(binary, port, model)
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
