@@ -26,6 +26,7 @@ from typing import Any
 
 from corral.auth.scopes import SCOPES, parse_scopes
 from corral.errors import BadRequestError, CorralError, NotFoundError
+from corral.fsutil import fsync_dir
 
 PREFIX = "crl_"
 KEYS_FILE = "keys.json"
@@ -188,7 +189,7 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         with self._lock:
             self._keys, self._stamp = dict(keys), self._stat()
 
@@ -196,13 +197,3 @@ class KeyStore:
 def _racy(stamp: tuple[int, int, int, int] | None) -> bool:
     """Whether a file with this stamp may have been rewritten without its stamp changing."""
     return stamp is not None and time.time_ns() - max(stamp[1], stamp[2]) < _RACY_SECONDS * 1_000_000_000
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 
 from corral.errors import CorralError, DigestMismatchError
+from corral.fsutil import fsync_dir
 from corral.registry.client import RegistryClient, RetryableError
-from corral.store.blobs import BlobStore, blob_name, fsync_dir
+from corral.store.blobs import BlobStore, blob_name
 from corral.store.diskspace import disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import httpx
 
 from corral.errors import CorralError, DigestMismatchError, NotFoundError
+from corral.fsutil import fsync_dir
 from corral.names import ModelName
 from corral.registry.client import USER_AGENT, RetryPolicy
 from corral.schemas.native import CreateRequest, ProgressResponse
-from corral.store.blobs import fsync_dir
 from corral.store.create import create_model
 from corral.store.store import Store
 

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from corral.errors import BadRequestError, CorralError, DigestMismatchError
+from corral.fsutil import fsync_dir
 from corral.store.diskspace import disk_full_error, is_disk_full
 
 DIGEST_RE = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
@@ -39,16 +40,6 @@ def normalize_digest(digest: str) -> str:
 def blob_name(digest: str) -> str:
     """The file name of a digest's blob: `sha256-<hex>`."""
     return normalize_digest(digest).replace(":", "-", 1)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable (best effort on platforms without directory fds)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class BlobWriter:

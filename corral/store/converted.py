@@ -22,8 +22,9 @@ from pathlib import Path
 
 from corral.convert import Conversion, check_loads, plan_conversion, quantize
 from corral.errors import BadRequestError
+from corral.fsutil import fsync_dir
 from corral.schemas.native import ProgressResponse
-from corral.store.blobs import CHUNK, TEMP_PREFIX, fsync_dir, normalize_digest, touch
+from corral.store.blobs import CHUNK, TEMP_PREFIX, normalize_digest, touch
 from corral.store.diskspace import disk_full_guard
 from corral.store.store import Store
 

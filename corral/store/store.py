@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import BadRequestError, CorralError, InvalidNameError, ModelNotFoundError
+from corral.fsutil import fsync_dir
 from corral.names import ModelName, is_valid_part
 from corral.store import media
-from corral.store.blobs import BLOB_NAME_RE, BlobStore, fsync_dir, normalize_digest
+from corral.store.blobs import BLOB_NAME_RE, BlobStore, normalize_digest
 from corral.store.diskspace import disk_full_guard
 from corral.store.manifests import ConfigV2, Manifest, ManifestError
 
