@@ -28,6 +28,7 @@ class LoadSpec:
     flash_attention: bool | None = None
     kv_cache_type: str = ""
     kv_unified: bool = False  # one KV buffer shared by all sequences (faster; not batch-invariant)
+    projectors: tuple[Path, ...] = ()  # vision projector GGUF (mmproj), read with libmtmd
 
 
 @dataclass
@@ -37,7 +38,8 @@ class GenerateParams:
     `prompt` is tokenized by the runner with special tokens parsed and the model's BOS added when
     the model wants one. `truncate` allows dropping the middle of an over-long prompt (keeping
     `options.num_keep` tokens); `shift` allows context shifting during generation. With
-    `shift=False` an over-long prompt is a 400 with the spec's text.
+    `shift=False` an over-long prompt is a 400 with the spec's text. Image N of `images` (encoded
+    image files) goes where the prompt says `[img-N]`; every image must be placed.
     """
 
     prompt: str

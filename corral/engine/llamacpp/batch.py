@@ -22,6 +22,7 @@ from typing import Any
 from corral.engine.base import GenerateParams, TokenLogprob
 from corral.errors import BadRequestError, CorralError
 
+from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
 from .model import LlamaModel
@@ -54,6 +55,7 @@ class Sequence:
     next_token: int | None = None
     n_gen: int = 0
     t_first: float = 0.0
+    media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class BatchLoop:
         self.waiting: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
+        self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
         self.on_stopped: Callable[[], None] | None = None  # called on the loop thread after the last flush
@@ -169,6 +172,8 @@ class BatchLoop:
         self.running = False
 
     def _prepare(self, params: GenerateParams) -> list[int]:
+        if params.images:
+            return md.admit(self.vision, params, self.num_ctx)
         tokens = self.model.tokenize(params.prompt)
         if not tokens:
             raise BadRequestError("the prompt is empty")
@@ -239,6 +244,7 @@ class BatchLoop:
         else:
             slot.cached = slot.cached[: plan.keep]
         n_past = len(slot.cached)
+        n_past = md.align(m, slot, tokens, n_past)  # never from inside an image
         opts = params.options
         sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx, ignore_eos=params.ignore_eos)
         if opts.repeat_last_n != 0:
@@ -261,10 +267,13 @@ class BatchLoop:
             limit=limit,
             t_seated=time.perf_counter(),
             stop=StopMatcher(tuple(s for s in opts.stop if s)),
+            media=getattr(tokens, "media", None),
         )
 
     # --- one step -------------------------------------------------------------------------
     def step(self) -> None:
+        if self.vision is not None:  # at most one image piece per step, between the steps
+            self.vision.decode_pending(self.active.values(), self._on_logits, self._fail)
         t0 = time.perf_counter()
         batch = self.model.batch
         batch.clear()
@@ -290,7 +299,10 @@ class BatchLoop:
             budget = batch.capacity - batch.n - reserved
             if budget <= 0:
                 continue
-            chunk = seq.tokens[seq.n_past : min(seq.n_prompt, seq.n_past + budget)]
+            end = min(seq.n_prompt, seq.n_past + budget)
+            if seq.media is not None and (end := seq.media.text_end(seq.n_past, end)) <= seq.n_past:
+                continue  # an image is next: decoded on its own by self.vision
+            chunk = seq.tokens[seq.n_past : end]
             last = seq.n_past + len(chunk) == seq.n_prompt
             idx = batch.add(chunk, seq.n_past, seq.slot.seq_id, last)
             fed.append((seq, len(chunk)))
@@ -393,7 +405,7 @@ class BatchLoop:
             "prompt_eval_duration": int((t_first - seq.t_seated) * 1e9),
             "eval_count": seq.n_gen,
             "eval_duration": int((now - t_first) * 1e9),
-            "context": list(seq.tokens),
+            "context": [t for t in seq.tokens if t >= 0],  # image positions are not tokens
         }
         self.active.pop(seq.rid, None)
         self._release(seq)

@@ -84,6 +84,8 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = p
         argv.append("--kv-unified")
     if o.use_mmap is not None:
         argv += ["--mmap", "on" if o.use_mmap else "off"]
+    for projector in spec.projectors:
+        argv += ["--mmproj", str(projector)]
     for adapter in spec.adapters:
         argv += ["--lora", str(adapter)]
     return argv
@@ -107,7 +109,7 @@ class LlamaCppEngine:
         self.extra_bufts = True  # weight repacking (AMX/AVX-512 kernels); off after a SIGILL at load
 
     def estimate(self, spec: LoadSpec) -> int:
-        size = Path(spec.model_path).stat().st_size
+        size = Path(spec.model_path).stat().st_size + sum(Path(p).stat().st_size for p in spec.projectors)
         try:
             per_token = _kv_bytes_per_token(Path(spec.model_path))
         except Exception:

@@ -27,6 +27,7 @@ from corral.errors import BadRequestError, CorralError
 
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
+from .media import open_vision
 from .model import ContextConfig, LlamaModel
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
@@ -50,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     return p.parse_args(argv)
 
 
@@ -256,10 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = LlamaModel(args.model, cfg, mmap=args.mmap, lora=args.lora, extra_bufts=not args.no_extra_bufts)
         model.warmup()
+        vision = open_vision(args.mmproj, model, threads)
     except CorralError as exc:
         print(f"error loading model: {exc}", file=sys.stderr, flush=True)
         return 1
     loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel)
+    loop.vision = vision
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:
