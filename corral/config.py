@@ -24,6 +24,7 @@ DEFAULT_PORT = 11434
 DURATION_FIELDS = ("keep_alive", "load_timeout", "stream_idle_timeout", "header_timeout")
 FILE_ONLY_FIELDS = frozenset({"model_defaults"})
 DEFAULT_CONTEXT_LENGTH = 4096
+BACKENDS = ("auto", "cpu", "cuda", "vulkan", "cpu-rpc")
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
 
@@ -220,6 +221,13 @@ class Settings(BaseModel):
     kv_cache_type: str = Field("", description="f16 (default), q8_0 or q4_0")
     kv_unified: bool = Field(False, description="one KV buffer for all sequences: faster batches, "
                              "but a sequence's output may differ slightly with what runs beside it")
+    backend: str = Field("auto", description="llama.cpp build for the runners: auto, cpu, cuda, vulkan "
+                         "or cpu-rpc (auto: a built cuda or vulkan variant that finds a device, else cpu)")
+    backends_dir: Path = Field(Path("~/.cache/corral/backends"), description="where scripts/build_backend.sh "
+                               "puts the accelerated builds")
+    gpu_overhead: int = Field(0, ge=0, description="bytes kept free on each GPU (OLLAMA_GPU_OVERHEAD)")
+    gpu_memory_limit: int = Field(0, ge=0, description="use at most this many bytes of each GPU (0 = its "
+                                  "free memory); for tests on devices whose free memory never changes")
     max_body: int = Field(64 * 1024 * 1024, ge=1024, description="largest JSON body in bytes")
     api_key: str | None = Field(None, description="API key the client sends")
     allow_unauthenticated: bool = Field(False, description="allow a public bind without auth")
@@ -322,7 +330,15 @@ class Settings(BaseModel):
             return int(text)
         return 1 if parse_env_bool(text) else 0
 
-    @field_validator("home", "models", "tls_cert", "tls_key", "ca_bundle", "jwt_public_key", mode="after")
+    @field_validator("backend", mode="after")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r} (choose one of {', '.join(BACKENDS)})")
+        return value
+
+    @field_validator("backends_dir", "home", "models", "tls_cert", "tls_key", "ca_bundle", "jwt_public_key",
+                     mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None

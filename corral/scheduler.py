@@ -30,6 +30,7 @@ import psutil
 from corral.config import Settings
 from corral.engine.base import Engine, LoadSpec, Runner
 from corral.errors import CorralError, RequestCanceledError, ServerBusyError
+from corral.fit import Accelerated, Placement
 
 log = logging.getLogger(__name__)
 GiB = 1024**3
@@ -67,6 +68,19 @@ class ModelRef:
         if not self.ctx_flexible or loaded.options.num_ctx < self.spec.options.num_ctx:
             return False
         return replace(loaded, options=replace(loaded.options, num_ctx=self.spec.options.num_ctx)) == self.spec
+
+
+@dataclass(frozen=True)
+class Room:
+    """`_make_room`'s answer: there is room, with this placement on the accelerators (if any)."""
+
+    placement: Placement | None = None
+
+
+def device_bytes(runner: Runner) -> dict[str, int]:
+    """The bytes a runner holds on each accelerator (engines without accelerators: none)."""
+    got = getattr(runner, "device_bytes", None)
+    return dict(got) if isinstance(got, dict) else {}
 
 
 @dataclass(eq=False)
@@ -278,8 +292,9 @@ class Scheduler:
                 async with self._load_lock:
                     if key in self.loaded:
                         continue
-                    if await self._make_room(ref):
-                        return await self._load(ref)
+                    room = await self._make_room(ref)
+                    if room is not None:
+                        return await self._load(ref, room.placement)
             await self._wait_for_change()
 
     async def _wait_for_change(self) -> None:
@@ -287,9 +302,11 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.reap_interval)
 
-    async def _make_room(self, ref: ModelRef) -> bool:
-        """Evict idle runners (LRU first) until `ref` fits; False means wait for one to idle."""
-        need = self.engine.estimate(ref.spec)
+    async def _make_room(self, ref: ModelRef) -> Room | None:
+        """Evict idle runners (LRU first) until `ref` fits; None means wait for one to idle.
+        On accelerators, first the device memory (`_place`), then what stays in host memory."""
+        placement = await self._place(ref)
+        need = self.engine.estimate(ref.spec) - (placement.vram if placement is not None else 0)
         while True:
             idle = sorted((e for e in self.loaded.values() if e.idle), key=lambda e: e.last_used)
             available = self.memory_probe()
@@ -301,15 +318,48 @@ class Scheduler:
                 )
             too_many = len(self.loaded) >= self.settings.max_runners
             if not too_many and need <= available:
-                return True
+                return Room(placement)
             if not idle:
-                return False
+                return None
             log.info("evicting %s to make room for %s", idle[0].ref.name, ref.name)
             await self._unload(idle[0])
 
-    async def _load(self, ref: ModelRef) -> LoadedRunner:
+    def _device_use(self) -> dict[str, int]:
+        """Bytes our loaded runners hold on each accelerator (by device name)."""
+        used: dict[str, int] = {}
+        for entry in self.loaded.values():
+            for name, size in device_bytes(entry.runner).items():
+                used[name] = used.get(name, 0) + size
+        return used
+
+    async def _place(self, ref: ModelRef) -> Placement | None:
+        """Where `ref`'s layers go on the engine's accelerators (None: it has none). Idle runners
+        holding device memory are evicted (LRU first) while that gets `ref` more layers on the
+        devices; when busy runners hold the rest, `ref` loads partially offloaded."""
+        engine = self.engine
+        if not isinstance(engine, Accelerated) or not engine.devices():
+            return None
+        alone = engine.place(ref.spec)
+        while True:
+            placement = engine.place(ref.spec, self._device_use())
+            if placement.n_gpu_layers >= alone.n_gpu_layers and (placement.fits or not alone.fits):
+                return placement
+            idle = sorted((e for e in self.loaded.values() if e.idle and device_bytes(e.runner)),
+                          key=lambda e: e.last_used)
+            if not idle:
+                log.info("%s gets %s beside the loaded models (alone: %s)", ref.name,
+                         placement.describe(), alone.describe())
+                return placement
+            log.info("evicting %s to free GPU memory for %s", idle[0].ref.name, ref.name)
+            await self._unload(idle[0])
+
+    async def _load(self, ref: ModelRef, placement: Placement | None = None) -> LoadedRunner:
         started = time.monotonic()
-        runner = await self._unless_stopping(self.engine.load(ref.spec), lambda r: r.close())
+        if placement is not None and isinstance(self.engine, Accelerated):
+            loading = self.engine.load(ref.spec, placement)
+        else:
+            loading = self.engine.load(ref.spec)
+        runner = await self._unless_stopping(loading, lambda r: r.close())
         entry = LoadedRunner(
             ref=ref,
             runner=runner,
@@ -320,7 +370,8 @@ class Scheduler:
             load_duration=time.monotonic() - started,
         )
         self.loaded[str(ref.spec.model_path)] = entry
-        log.info("loaded %s in %.2fs", ref.name, entry.load_duration)
+        where = f" ({placement.describe()})" if placement is not None else ""
+        log.info("loaded %s in %.2fs%s", ref.name, entry.load_duration, where)
         return entry
 
     async def _unload(self, entry: LoadedRunner, *, timeout: float | None = None) -> None:

@@ -182,6 +182,17 @@ def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepal
             print_summary(final)
 
 
+def processor(model: dict[str, Any]) -> str:
+    """Where a loaded model runs, as `ollama ps` prints it: 100% GPU, 100% CPU or 48%/52% CPU/GPU."""
+    size, vram = int(model.get("size") or 0), int(model.get("size_vram") or 0)
+    if vram <= 0 or size <= 0:
+        return "100% CPU"
+    if vram >= size:
+        return "100% GPU"
+    cpu = round((size - vram) * 100 / size)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
 @click.command()
 def ps() -> None:
     """List running models."""
@@ -190,7 +201,7 @@ def ps() -> None:
     rows = []
     for m in models:
         until = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), "100% CPU",
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), processor(m),
                      str(m.get("context_length", "")), human_time(until)])
     console.print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), soft_wrap=True)
 

@@ -12,12 +12,16 @@ import os
 import sys
 from types import FrameType
 
+import psutil
 import uvicorn
 
 from corral.auth.authenticator import auth_configured
 from corral.cli.listener import deadline_protocol
 from corral.config import Settings
+from corral.engine.llamacpp.backend import Backend, log_devices
+from corral.engine.llamacpp.backend import select as select_backend
 from corral.engine.llamacpp.proc import LlamaCppEngine
+from corral.errors import CorralError
 from corral.registry.auth import KEY_NAME, ensure_keypair
 from corral.scheduler import SHUTDOWN_GRACE, Scheduler
 from corral.server.app import create_app
@@ -63,10 +67,27 @@ def check_binding(cfg: Settings) -> None:
     log.warning("!" * 78)
 
 
+def choose_backend(cfg: Settings) -> Backend:
+    """The llama.cpp build the runners use, its devices logged as Ollama logs them at start."""
+    try:
+        backend = select_backend(cfg.backend, cfg.backends_dir)
+    except CorralError as exc:
+        sys.exit(f"Error: {exc}")
+    mem = psutil.virtual_memory()
+    log_devices(backend, int(mem.total), int(mem.available))
+    return backend
+
+
 def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
     cfg.home.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.models_dir)
-    engine = LlamaCppEngine(log_dir=cfg.home / "logs", load_timeout=cfg.load_timeout_seconds)
+    engine = LlamaCppEngine(
+        log_dir=cfg.home / "logs",
+        load_timeout=cfg.load_timeout_seconds,
+        backend=choose_backend(cfg),
+        gpu_overhead=cfg.gpu_overhead,
+        gpu_memory_limit=cfg.gpu_memory_limit,
+    )
     scheduler = Scheduler(engine, cfg)
     return create_app(cfg, store, scheduler=scheduler)
 

@@ -106,7 +106,7 @@ async def ps(ctx: Ctx) -> JSONResponse:
             "digest": ref.digest,
             "details": ref.details,
             "expires_at": expires.isoformat().replace("+00:00", "Z"),
-            "size_vram": 0,
+            "size_vram": int(getattr(entry.runner, "vram_bytes", 0)),
             "context_length": ref.spec.options.num_ctx,
         })
     return JSONResponse({"models": models})

@@ -21,6 +21,7 @@ import numpy.typing as npt
 from corral.errors import BadRequestError, CorralError
 
 from .cstruct import new, set_fields
+from .offload import GpuParams
 from .threadpool import Threadpool
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ContextConfig:
     threadpool: bool = True
 
 
-def model_params(mmap: str = "auto", *, extra_bufts: bool = True) -> Any:
+def model_params(mmap: str = "auto", *, extra_bufts: bool = True, gpu: GpuParams | None = None) -> Any:
     """The `llama_model_params` of a runner (CPU only; `mmap` is a key of LOAD_MODES).
 
     `extra_bufts=False` keeps the weights in plain CPU buffers: no repacking for the AMX or
@@ -59,9 +60,10 @@ def model_params(mmap: str = "auto", *, extra_bufts: bool = True) -> Any:
     """
     if mmap not in LOAD_MODES:
         raise CorralError(f"invalid mmap mode {mmap!r}")
-    return set_fields(
+    params = set_fields(
         ll.llama_model_default_params(), n_gpu_layers=0, load_mode=LOAD_MODES[mmap], use_extra_bufts=extra_bufts
     )
+    return (gpu or GpuParams()).apply(params)  # no GpuParams: no device at all (CPU only)
 
 
 def context_params(cfg: ContextConfig, *, pooling: int) -> Any:
@@ -146,9 +148,10 @@ class LlamaModel:
         mmap: str = "auto",
         lora: list[str] | None = None,
         extra_bufts: bool = True,
+        gpu: GpuParams | None = None,
     ):
         ll.llama_backend_init()
-        model = ll.llama_model_load_from_file(path.encode(), model_params(mmap, extra_bufts=extra_bufts))
+        model = ll.llama_model_load_from_file(path.encode(), model_params(mmap, extra_bufts=extra_bufts, gpu=gpu))
         if not model:
             raise CorralError(f"unable to load model: {path}")
         self.model = model

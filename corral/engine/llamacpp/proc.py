@@ -26,8 +26,10 @@ import psutil
 
 from corral.engine.base import Chunk, EmbedResult, GenerateParams, LoadSpec
 from corral.errors import CorralError, RunnerStoppedError
+from corral.fit import Placement
 
 from . import protocol as proto
+from .backend import Accelerators, Backend, placement_argv
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,9 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = p
     return argv
 
 
-class LlamaCppEngine:
-    """Loads models into runner processes (one process per loaded model)."""
+class LlamaCppEngine(Accelerators):
+    """Loads models into runner processes (one process per loaded model), with the layers that fit
+    offloaded to the backend's accelerators (`Accelerators`: devices and fit)."""
 
     def __init__(
         self,
@@ -101,7 +104,11 @@ class LlamaCppEngine:
         load_timeout: float = 300.0,
         python: str = sys.executable,
         max_line: int = proto.MAX_LINE,
+        backend: Backend | None = None,
+        gpu_overhead: int = 0,
+        gpu_memory_limit: int = 0,
     ) -> None:
+        Accelerators.__init__(self, backend, overhead=gpu_overhead, limit=gpu_memory_limit)
         self.log_dir = Path(log_dir)
         self.load_timeout = load_timeout
         self.python = python
@@ -117,9 +124,11 @@ class LlamaCppEngine:
         ctx = spec.options.num_ctx * (1 if spec.embedding else max(spec.num_parallel, 1))
         return size + per_token * ctx + COMPUTE_OVERHEAD
 
-    async def load(self, spec: LoadSpec) -> LlamaCppRunner:
+    async def load(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
+        if placement is None and self.backend.devices:
+            placement = self.place(spec)
         try:
-            return await self._spawn(spec)
+            return await self._spawn(spec, placement)
         except RunnerCrashedError as exc:
             if exc.signal != signal.SIGILL or not self.extra_bufts:
                 raise
@@ -127,17 +136,19 @@ class LlamaCppEngine:
         # warm-up decode died on an illegal instruction. Plain CPU buffers work everywhere.
         log.warning("llama runner died on an illegal instruction; loading without weight repacking from now on")
         self.extra_bufts = False
-        return await self._spawn(spec)
+        return await self._spawn(spec, placement)
 
-    async def _spawn(self, spec: LoadSpec) -> LlamaCppRunner:
+    async def _spawn(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = tempfile.mkdtemp(prefix="corral-r-")
         sock = os.path.join(sock_dir, "s")
         argv = runner_argv(spec, sock, self.python, self.max_line)
         if not self.extra_bufts:
             argv.append("--no-extra-bufts")
+        argv += placement_argv(placement)
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=self.backend.env() if self.backend.lib is not None else None,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -147,6 +158,7 @@ class LlamaCppEngine:
         runner = LlamaCppRunner(
             proc, sock, sock_dir, log_path, estimate=self.estimate(spec), max_line=self.max_line
         )
+        runner.placement = placement
         try:
             await asyncio.wait_for(runner.wait_ready(), timeout=self.load_timeout)
         except TimeoutError:
@@ -180,6 +192,7 @@ class LlamaCppRunner:
         self._tail: deque[str] = deque(maxlen=20)
         self._closed = False
         self.info: dict[str, Any] = {}
+        self.placement: Placement | None = None  # the layers the server asked to offload
         self._stderr_task = asyncio.ensure_future(self._pump_stderr())
         self._stdout_task: asyncio.Future[None] | None = None
 
@@ -193,10 +206,24 @@ class LlamaCppRunner:
 
     @property
     def memory_bytes(self) -> int:
+        if self.vram_bytes > 0:  # what llama.cpp allocated (device memory may be host memory too)
+            return int(self.info["offload"].get("host_bytes", 0)) + self.vram_bytes
         try:
             return int(psutil.Process(self.pid).memory_info().rss)
         except psutil.Error:
             return self._estimate
+
+    @property
+    def device_bytes(self) -> dict[str, int]:
+        """Bytes on each accelerator: as llama.cpp reported them after loading, else as planned."""
+        reported = (self.info.get("offload") or {}).get("device_bytes")
+        if isinstance(reported, dict):
+            return {str(k): int(v) for k, v in reported.items()}
+        return dict(self.placement.device_bytes) if self.placement is not None else {}
+
+    @property
+    def vram_bytes(self) -> int:
+        return sum(self.device_bytes.values()) if self.info else 0
 
     async def _pump_stderr(self) -> None:
         assert self.proc.stderr is not None

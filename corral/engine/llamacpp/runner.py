@@ -25,6 +25,7 @@ from typing import Any
 
 from corral.errors import BadRequestError, CorralError
 
+from . import offload
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
@@ -51,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    offload.add_arguments(p)
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     return p.parse_args(argv)
 
@@ -189,7 +191,9 @@ class RunnerServer:
                 self.batch.submit(("cancel", rid))
 
 
-async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) -> None:
+async def serve(
+    args: argparse.Namespace, model: LlamaModel, loop: BatchLoop, ready_extra: dict[str, Any] | None = None
+) -> None:
     server = RunnerServer(model, loop, embedding=args.embedding, num_ctx=args.num_ctx, max_line=args.max_line)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(args.socket)
@@ -211,6 +215,7 @@ async def serve(args: argparse.Namespace, model: LlamaModel, loop: BatchLoop) ->
     loop.on_stopped = on_stopped
     srv = await asyncio.start_unix_server(server.handle, path=args.socket, limit=args.max_line)
     ready = {"ready": True, "pid": os.getpid(), "n_embd": model.n_embd, "n_ctx_train": model.n_ctx_train}
+    ready.update(ready_extra or {})
     sys.stdout.write(json.dumps(ready) + "\n")
     sys.stdout.flush()
     watch = asyncio.ensure_future(_exit_with_parent(server.done, os.getppid()))
@@ -256,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         threadpool=not args.no_threadpool,
     )
     try:
-        model = LlamaModel(args.model, cfg, mmap=args.mmap, lora=args.lora, extra_bufts=not args.no_extra_bufts)
+        load_log = offload.LoadLog()
+        model = LlamaModel(
+            args.model, cfg, mmap=args.mmap, lora=args.lora, extra_bufts=not args.no_extra_bufts,
+            gpu=offload.gpu_params(args),
+        )
         model.warmup()
         vision = open_vision(args.mmproj, model, threads)
     except CorralError as exc:
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:
-        asyncio.run(serve(args, model, loop))
+        asyncio.run(serve(args, model, loop, offload.ready_fields(load_log)))
     finally:
         loop.submit(("stop",))  # no-op when serve() stopped it already
         thread.join(timeout=STOP_STEP_TIMEOUT)
