@@ -14,7 +14,7 @@ import pytest
 from corral.config import Settings
 from corral.engine.base import LoadSpec
 from corral.engine.fake import ScriptedEngine, ScriptedRunner
-from corral.fit import GiB, MiB, Accelerated, Device, FitRequest, Layout, Placement, fit, usable
+from corral.fit import Accelerated, Device, FitRequest, GiB, Layout, MiB, Placement, fit, usable
 from corral.scheduler import ModelRef, Scheduler
 from corral.schemas.options import LoadOptions
 
