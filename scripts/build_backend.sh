@@ -4,7 +4,9 @@
 # The pip-installed CPU wheel stays the default; a runner uses a variant through
 # LLAMA_CPP_LIB_PATH=<dir>/lib and MTMD_CPP_LIB=<dir>/lib (set by corral, see corral/backends.py).
 #
-# Usage: scripts/build_backend.sh VARIANT        VARIANT = vulkan | cuda | cpu-rpc
+# Usage: scripts/build_backend.sh VARIANT        VARIANT = vulkan | cuda | cpu-rpc | auto
+#   auto: cuda where nvcc is, vulkan where glslc and the Vulkan headers are, else nothing
+#   (CORRAL_BACKEND=cpu: nothing; CORRAL_BACKEND=<variant>: that one).
 #   Prints the variant directory: ~/.cache/corral/backends/<variant>-<version>/{lib,bin}
 # Environment:
 #   CORRAL_BACKENDS_DIR  where variants go (default ~/.cache/corral/backends)
@@ -14,7 +16,16 @@
 #   BUILD_LLAMA_SERVER=1 also build llama-server into bin/ (the GPU benchmark compares against it)
 # Every variant has -DGGML_RPC=ON and bin/rpc-server (a worker for remote offload).
 set -euo pipefail
-VARIANT=${1:?usage: build_backend.sh vulkan|cuda|cpu-rpc}
+VARIANT=${1:?usage: build_backend.sh vulkan|cuda|cpu-rpc|auto}
+if [ "$VARIANT" = auto ]; then  # what `make run`/`make test` build: the accelerator this machine can compile for
+  case "${CORRAL_BACKEND:-auto}" in
+    cpu) exit 0 ;;
+    cuda|vulkan|cpu-rpc) VARIANT=$CORRAL_BACKEND ;;
+    *) if command -v nvcc >/dev/null 2>&1; then VARIANT=cuda
+       elif command -v glslc >/dev/null 2>&1 && [ -f /usr/include/vulkan/vulkan.hpp ]; then VARIANT=vulkan
+       else echo "no GPU toolchain (nvcc, or glslc + Vulkan headers): the CPU build only" >&2; exit 0; fi ;;
+  esac
+fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
