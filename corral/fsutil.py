@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -16,3 +18,22 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_atomic(path: Path, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+    """Write `parts` to `path` all or nothing: a temporary file beside it (`<name>.<random>.tmp`),
+    fsync, rename, fsync of the directory. On any error the temporary file is removed and the
+    error (ENOSPC included) raised; `path` is then untouched."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)

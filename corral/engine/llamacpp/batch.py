@@ -26,6 +26,7 @@ from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
 from .model import LlamaModel
+from .promptcache import SlotCache
 from .protocol import error_event, logprob_dict
 from .sampling import SeqSampler, token_logprob
 
@@ -89,8 +90,9 @@ class StepStats:
 
 
 class BatchLoop:
-    def __init__(self, model: LlamaModel, *, num_ctx: int, num_parallel: int) -> None:
+    def __init__(self, model: LlamaModel, *, num_ctx: int, num_parallel: int, cache: SlotCache | None = None) -> None:
         self.model = model
+        self.cache = cache  # prompt cache beyond the slots (promptcache.py)
         self.num_ctx = num_ctx
         self.slots = [sl.Slot(i) for i in range(num_parallel)]
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -164,6 +166,8 @@ class BatchLoop:
     def _stop_all(self) -> None:
         """End every sequence, running or waiting, with an error event; the loop then exits."""
         exc = CorralError(UNLOADED)
+        if self.cache is not None:
+            self.cache.save_all(self.slots)
         for seq in list(self.active.values()):
             self._fail(seq, exc)
         for _, _, emit, _ in self.waiting:
@@ -207,9 +211,11 @@ class BatchLoop:
     # --- admission ------------------------------------------------------------------------
     def _seat_waiting(self) -> None:
         deferred: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
+        self._order_waiting()
         while self.waiting:
             rid, params, emit, tokens = self.waiting.popleft()
-            plan = sl.plan_slot(self.slots, tokens, SHARE_MIN_TOKENS)
+            stored = self.cache.best(tokens) if self.cache is not None else 0
+            plan = sl.plan_slot(self.slots, tokens, SHARE_MIN_TOKENS, stored)
             if plan is None:
                 self.waiting.appendleft((rid, params, emit, tokens))
                 break
@@ -221,6 +227,14 @@ class BatchLoop:
             except CorralError as exc:
                 self._send(emit, error_event(exc))
         self.waiting.extendleft(reversed(deferred))
+
+    def _order_waiting(self) -> None:
+        """Among the waiting prompts seated this round, the warmest pick their slot first."""
+        n = sum(not s.busy for s in self.slots)
+        if n > 1 and len(self.waiting) > 1:
+            head, rest = list(self.waiting)[:n], list(self.waiting)[n:]
+            stored = [self.cache.best(w[3]) if self.cache is not None else 0 for w in head]
+            self.waiting = deque([head[i] for i in sl.seat_order([w[3] for w in head], self.slots, stored)] + rest)
 
     def _prefix_in_flight(self, tokens: list[int]) -> int:
         """Longest prefix of `tokens` that an active sequence is still prefilling."""
@@ -234,7 +248,11 @@ class BatchLoop:
     def _seat(self, rid: int, params: GenerateParams, emit: Emit, tokens: list[int], plan: sl.SlotPlan) -> None:
         slot = self.slots[plan.slot]
         m = self.model
-        if plan.copy_from is not None:
+        if self.cache is not None:
+            self.cache.before_seat(slot, plan)  # keep what this plan throws away
+        if plan.restore and self.cache is not None:
+            self.cache.restore(slot, tokens)
+        elif plan.copy_from is not None:
             m.seq_rm(slot.seq_id)
             m.seq_cp(plan.copy_from, slot.seq_id, plan.copy_len)
             slot.cached = list(self.slots[plan.copy_from].cached[: plan.copy_len])
@@ -419,4 +437,5 @@ class BatchLoop:
             "waiting": len(self.waiting),
             "num_ctx": self.num_ctx,
             "stats": self.stats.summary(),
+            **({"prompt_cache": self.cache.status()} if self.cache is not None else {}),
         }

@@ -271,6 +271,22 @@ class LlamaModel:
     def seq_add(self, seq: int, p0: int, p1: int, delta: int) -> None:
         ll.llama_memory_seq_add(self.mem, seq, p0, p1, delta)
 
+    def seq_state(self, seq: int) -> bytearray:
+        """A copy of sequence `seq`'s KV state (llama.cpp's per-sequence state save)."""
+        size = int(ll.llama_state_seq_get_size(self.ctx, seq))
+        buf = bytearray(size)
+        if size == 0:
+            return buf
+        got = int(ll.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * size).from_buffer(buf), size, seq))
+        return buf if got == size else buf[:got]
+
+    def seq_restore(self, seq: int, data: bytearray) -> bool:
+        """Load a state saved by `seq_state` into sequence `seq` (replacing what it held)."""
+        if not data:
+            return False
+        arr = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return int(ll.llama_state_seq_set_data(self.ctx, arr, len(data), seq)) > 0
+
     def can_shift(self) -> bool:
         return bool(ll.llama_memory_can_shift(self.mem))
 

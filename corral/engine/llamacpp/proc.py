@@ -104,6 +104,9 @@ class LlamaCppEngine(Accelerators):
         load_timeout: float = 300.0,
         python: str = sys.executable,
         max_line: int = proto.MAX_LINE,
+        cache_ram: int = 0,
+        cache_disk: Path | None = None,
+        cache_disk_max: int = 0,
         backend: Backend | None = None,
         gpu_overhead: int = 0,
         gpu_memory_limit: int = 0,
@@ -113,6 +116,10 @@ class LlamaCppEngine(Accelerators):
         self.load_timeout = load_timeout
         self.python = python
         self.max_line = max_line
+        # the prompt cache of each runner: bytes of memory, and an optional disk tier
+        self.cache_ram = max(cache_ram, 0)
+        self.cache_disk = cache_disk
+        self.cache_disk_max = cache_disk_max
         self.extra_bufts = True  # weight repacking (AMX/AVX-512 kernels); off after a SIGILL at load
 
     def estimate(self, spec: LoadSpec) -> int:
@@ -122,7 +129,8 @@ class LlamaCppEngine(Accelerators):
         except Exception:
             per_token = 0
         ctx = spec.options.num_ctx * (1 if spec.embedding else max(spec.num_parallel, 1))
-        return size + per_token * ctx + COMPUTE_OVERHEAD
+        cache = 0 if spec.embedding else self.cache_ram  # the prompt cache may fill its bound
+        return size + per_token * ctx + COMPUTE_OVERHEAD + cache
 
     async def load(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
         if placement is None and self.backend.devices:
@@ -138,6 +146,14 @@ class LlamaCppEngine(Accelerators):
         self.extra_bufts = False
         return await self._spawn(spec, placement)
 
+    def _cache_args(self, spec: LoadSpec) -> list[str]:
+        if spec.embedding:
+            return []
+        args = ["--cache-ram", str(self.cache_ram)]
+        if self.cache_disk is not None and self.cache_disk_max > 0:
+            args += ["--cache-disk", str(self.cache_disk), "--cache-disk-max", str(self.cache_disk_max)]
+        return args
+
     async def _spawn(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = tempfile.mkdtemp(prefix="corral-r-")
@@ -145,6 +161,7 @@ class LlamaCppEngine(Accelerators):
         argv = runner_argv(spec, sock, self.python, self.max_line)
         if not self.extra_bufts:
             argv.append("--no-extra-bufts")
+        argv += self._cache_args(spec)
         argv += placement_argv(placement)
         proc = await asyncio.create_subprocess_exec(
             *argv,

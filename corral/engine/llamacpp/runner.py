@@ -30,9 +30,11 @@ from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
 from .model import ContextConfig, LlamaModel
+from .promptcache import SlotCache, open_cache
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
+CACHE_FLUSH_TIMEOUT = 3.0  # for the prompt cache's disk writes at exit (the parent waits 5 s)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
+    p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
+    p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
     offload.add_arguments(p)
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     return p.parse_args(argv)
@@ -271,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     except CorralError as exc:
         print(f"error loading model: {exc}", file=sys.stderr, flush=True)
         return 1
-    loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel)
+    cache = None if args.embedding else _prompt_cache(args, model)
+    loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel, cache=cache)
     loop.vision = vision
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
@@ -280,9 +286,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         loop.submit(("stop",))  # no-op when serve() stopped it already
         thread.join(timeout=STOP_STEP_TIMEOUT)
+        if cache is not None:
+            cache.close(CACHE_FLUSH_TIMEOUT)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(args.socket)
     return 0
+
+
+def _prompt_cache(args: argparse.Namespace, model: LlamaModel) -> SlotCache | None:
+    shape = {
+        "num_ctx": args.num_ctx,
+        "kv_cache_type": args.kv_cache_type,
+        "flash_attn": args.flash_attn,
+        "kv_unified": args.kv_unified,
+        "lora": list(args.lora),
+    }
+    return open_cache(
+        model,
+        args.model,
+        ram_bytes=args.cache_ram,
+        disk_root=args.cache_disk,
+        disk_max=args.cache_disk_max,
+        options=shape,
+    )
 
 
 def _exit(code: int) -> None:

@@ -30,15 +30,19 @@ class Slot:
 @dataclass(frozen=True)
 class SlotPlan:
     """How to seat a prompt: keep `keep` cached tokens of `slot`, optionally after copying
-    `copy_len` tokens from `copy_from` (which then replaces the slot's own cache)."""
+    `copy_len` tokens from `copy_from` (which then replaces the slot's own cache), or after
+    restoring `restore` tokens from the prompt cache into it."""
 
     slot: int
     keep: int
     copy_from: int | None = None
     copy_len: int = 0
+    restore: int = 0
 
     @property
     def reused(self) -> int:
+        if self.restore:
+            return self.restore
         return self.copy_len if self.copy_from is not None else self.keep
 
 
@@ -50,7 +54,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0) -> SlotPlan | None:
+def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0, cached: int = 0) -> SlotPlan | None:
     """Pick an idle slot for `prompt`; None when every slot is busy.
 
     The idle slot with the longest common prefix wins (ties: least recently used). If another
@@ -58,6 +62,8 @@ def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0) -> S
     instead. At most len(prompt)-1 tokens are reused so the last prompt token is always evaluated.
     A copy is not free (with per-sequence KV streams it copies the whole stream and, measured,
     slows later steps), so the batching loop only copies when it saves real prefill work.
+    `cached` is the prefix the prompt cache holds: when no slot offers as much, it is restored
+    into the idle slot least worth keeping (empty first, then least recently used).
     """
     idle = [s for s in slots if not s.busy]
     if not idle:
@@ -65,8 +71,12 @@ def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0) -> S
     limit = max(len(prompt) - 1, 0)
     scored = [(min(common_prefix(s.cached, prompt), limit), s) for s in idle]
     best_own = max(n for n, _ in scored)
+    coldest = min(idle, key=lambda s: (bool(s.cached), s.last_used))
+    held = max(min(common_prefix(s.cached, prompt), limit) for s in slots)
+    if min(cached, limit) >= max(best_own + max(min_copy_gain, 1), held + 1):
+        return SlotPlan(slot=coldest.seq_id, keep=0, restore=min(cached, limit))
     if best_own == 0:
-        chosen = min(idle, key=lambda s: (bool(s.cached), s.last_used))
+        chosen = coldest
     else:
         chosen = min((s for n, s in scored if n == best_own), key=lambda s: s.last_used)
     own = min(common_prefix(chosen.cached, prompt), limit)
@@ -80,6 +90,25 @@ def plan_slot(slots: list[Slot], prompt: list[int], min_copy_gain: int = 0) -> S
     if donor is not None:
         return SlotPlan(slot=chosen.seq_id, keep=0, copy_from=donor.seq_id, copy_len=donor_len)
     return SlotPlan(slot=chosen.seq_id, keep=own)
+
+
+def seat_order(prompts: list[list[int]], slots: list[Slot], cached: list[int]) -> list[int]:
+    """The order in which to seat the first waiting prompts that fit in the idle slots now.
+
+    Every one of them gets a slot this round, so the order only decides who picks first: the
+    prompts with the most reusable state (an idle slot's prefix or a prompt-cache entry,
+    `cached[i]`) first, so that a cold prompt does not take the slot that holds the next turn of
+    a conversation. Returns indices into `prompts` (FIFO among equals).
+    """
+    idle = [s for s in slots if not s.busy]
+    n = min(len(prompts), len(idle))
+
+    def warmth(i: int) -> int:
+        own = max((common_prefix(s.cached, prompts[i]) for s in idle), default=0)
+        return max(own, cached[i] if i < len(cached) else 0)
+
+    head = sorted(range(n), key=lambda i: -warmth(i))
+    return head + list(range(n, len(prompts)))
 
 
 def keep_count(num_keep: int, add_bos: bool, num_ctx: int) -> int:
