@@ -253,6 +253,12 @@ def layer_norm(x: Array, g: Array, b: Array, eps: float = 1e-12) -> Array:
 
 def minilm_embedding(w: dict[str, Array], ids: list[int], layers: int = 6, heads: int = 12) -> Array:
     """sentence-transformers all-MiniLM-L6-v2: BERT, mean pooling, L2 normalisation."""
+    e = minilm_hidden(w, ids, layers, heads).mean(0)
+    return np.asarray(e / np.linalg.norm(e))
+
+
+def minilm_hidden(w: dict[str, Array], ids: list[int], layers: int = 6, heads: int = 12) -> Array:
+    """MiniLM's last hidden states, one row per token (token type 0 throughout, as llama.cpp)."""
     erf = np.vectorize(math.erf)
     n = len(ids)
     x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n]
@@ -274,8 +280,7 @@ def minilm_embedding(w: dict[str, Array], ids: list[int], layers: int = 6, heads
         h = lin(x, "intermediate.dense")
         h = 0.5 * h * (1 + erf(h / math.sqrt(2)))
         x = layer_norm(lin(h, "output.dense") + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
-    e = x.mean(0)
-    return np.asarray(e / np.linalg.norm(e))
+    return np.asarray(x)
 
 
 # llama.cpp's logits for a GGUF, in a child process ---------------------------------------------

@@ -1,6 +1,6 @@
 """The engine boundary: what the scheduler and server may ask of a loaded model.
 
-Kept deliberately narrow (load, generate-stream, embed, tokenize, detokenize, close) so a second
+Kept deliberately narrow (load, generate-stream, embed, rerank, tokenize, detokenize, close) so a second
 backend is one new module. The server renders prompts; an engine receives text plus sampling
 parameters and streams `Chunk`s back. A new capability becomes a data field here, not a method.
 Errors raised across this boundary are `corral.errors.CorralError` subclasses.
@@ -51,6 +51,9 @@ class GenerateParams:
     truncate: bool = True
     shift: bool = True
     ignore_eos: bool = False  # llama.cpp's extension: never sample end-of-generation tokens
+    # One scale per ADAPTER layer of the model, in order (llama-server's per-request `lora`);
+    # None: every adapter at 1.0, as loaded
+    lora: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -97,6 +100,14 @@ class EmbedResult:
     prompt_eval_count: int = 0
 
 
+@dataclass
+class RerankResult:
+    """One relevance score per document, in the documents' order."""
+
+    scores: list[float]
+    prompt_eval_count: int = 0
+
+
 class Runner(Protocol):
     """A loaded model. Closing ends the process that holds it."""
 
@@ -114,7 +125,14 @@ class Runner(Protocol):
         """Raw (un-normalised) pooled embeddings, one per input."""
         ...
 
-    async def tokenize(self, text: str) -> list[int]: ...
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
+        """Relevance of each document to the query (rank-pooling models only, else a 400)."""
+        ...
+
+    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of `text`: `add_special` adds BOS/EOS as the model does, `parse_special`
+        turns special-token text (`<|im_start|>`) into its token."""
+        ...
 
     async def detokenize(self, tokens: list[int]) -> str: ...
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from corral.engine.base import Chunk, EmbedResult, GenerateParams, LoadSpec, Metrics
+from corral.engine.base import Chunk, EmbedResult, GenerateParams, LoadSpec, Metrics, RerankResult
 from corral.errors import CorralError, RunnerStoppedError
 
 
@@ -22,6 +22,7 @@ class ScriptedRunner:
     delay: float = 0.0
     memory: int = 1000
     prompts: list[str] = field(default_factory=list)
+    params: list[GenerateParams] = field(default_factory=list)  # every generate request, in order
     closed: bool = False
     dead: bool = False
     active: int = 0
@@ -36,6 +37,7 @@ class ScriptedRunner:
 
     async def generate(self, params: GenerateParams) -> AsyncIterator[Chunk]:
         self.prompts.append(params.prompt)
+        self.params.append(params)
         self.active += 1
         try:
             limit = params.options.num_predict if params.options.num_predict >= 0 else len(self.words)
@@ -57,8 +59,14 @@ class ScriptedRunner:
         vectors = [[float(len(text)), 1.0, 2.0] for text in inputs]
         return EmbedResult(embeddings=vectors, prompt_eval_count=sum(len(t.split()) for t in inputs))
 
-    async def tokenize(self, text: str) -> list[int]:
-        return [len(w) for w in text.split()]
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
+        """Score: how many of the query's words the document contains."""
+        words = set(query.lower().split())
+        scores = [float(sum(w in words for w in d.lower().split())) for d in documents]
+        return RerankResult(scores=scores, prompt_eval_count=sum(len(d.split()) + len(words) for d in documents))
+
+    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        return ([1] if add_special else []) + [len(w) for w in text.split()]
 
     async def detokenize(self, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)

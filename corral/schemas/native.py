@@ -223,3 +223,38 @@ class EmbeddingsRequest(WireModel):
     prompt: str = ""
     keep_alive: float | int | str | None = None
     options: dict[str, Any] | None = None
+
+
+# llama-server's extras (corral extensions; Ollama has none) ------------------------------------
+class TokenizeRequest(WireModel):
+    """`/api/tokenize` (llama-server's `/tokenize`; `prompt` is accepted for `content`)."""
+
+    model: str
+    content: Any = None
+    prompt: Any = None
+    add_special: bool = False
+    parse_special: bool = True
+    with_pieces: bool = False
+    keep_alive: float | int | str | None = None
+    options: dict[str, Any] | None = None
+
+
+class DetokenizeRequest(WireModel):
+    model: str
+    tokens: list[int] = Field(default_factory=list)
+    keep_alive: float | int | str | None = None
+    options: dict[str, Any] | None = None
+
+
+class RerankRequest(WireModel):
+    """`/api/rerank`, `/v1/rerank` (llama-server, Jina and Cohere: `documents` are strings or
+    `{"text": ...}` objects; `texts` is TEI's name for them)."""
+
+    model: str
+    query: Any = None
+    documents: Any = None
+    texts: Any = None
+    top_n: int | None = None
+    return_documents: bool = False
+    keep_alive: float | int | str | None = None
+    options: dict[str, Any] | None = None

@@ -94,6 +94,11 @@ def create_app(
 
         app.include_router(inference_router)
         app.include_router(embeddings_router)
+        from corral.server.rerank import router as rerank_router
+        from corral.server.tokenize import router as tokenize_router
+
+        app.include_router(rerank_router)
+        app.include_router(tokenize_router)
         from corral.server.ws import router as ws_router
 
         app.include_router(ws_router)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from corral.engine.base import Chunk, GenerateParams, Metrics
 from corral.errors import BadRequestError, PromptTooLongError
 from corral.schemas.native import ChatRequest, GenerateRequest, Message
+from corral.server.adapters import lora_scales
 from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
 from corral.server.metrics import record_generation
@@ -112,6 +113,7 @@ def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, ima
         truncate=req.truncate is not False,
         shift=req.shift is not False,
         ignore_eos=req.ignore_eos,
+        lora=lora_scales(job, req.model_extra),
     )
 
 

@@ -33,6 +33,7 @@ from corral.schemas.openai import (
     OpenAIModel,
     log_ignored_fields,
 )
+from corral.server.adapters import LORA_FIELDS, lora_field
 from corral.server.context import AppContext, Ctx
 from corral.server.embeddings import embed_response
 from corral.server.errors import openai_stream_error
@@ -206,6 +207,7 @@ def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
         "top_logprobs": top,
         "_debug_render_only": req.debug_render_only,
         "ignore_eos": ignore_eos(req),
+        **lora_field(req.extras()),
     })
 
 
@@ -225,7 +227,7 @@ def copies(native: ChatRequest, n: int) -> list[ChatRequest]:
 # Routes ------------------------------------------------------------------------------------------
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatCompletionRequest, ctx: Ctx, request: Request) -> Response:
-    log_ignored_fields("/v1/chat/completions", req, CTX_FIELDS)
+    log_ignored_fields("/v1/chat/completions", req, CTX_FIELDS | LORA_FIELDS)
     native = to_chat_request(req)
     streams: list[Native] = [await chat_events(ctx, r) for r in copies(native, req.n or 1)]
     if req.debug_render_only:
@@ -257,7 +259,7 @@ def to_generate_request(req: CompletionRequest) -> GenerateRequest:
     return GenerateRequest.model_validate({
         "model": req.model, "prompt": completion_prompt(req.prompt), "suffix": req.suffix, "stream": True,
         "options": sampling_options(req, req.max_tokens), "logprobs": req.logprobs is not None,
-        "top_logprobs": top, "ignore_eos": ignore_eos(req),
+        "top_logprobs": top, "ignore_eos": ignore_eos(req), **lora_field(req.extras()),
     })
 
 
@@ -286,7 +288,7 @@ def completion_object(cid: str, created: int, model: str, text: str, reason: str
 
 @router.post("/v1/completions")
 async def completions(req: CompletionRequest, ctx: Ctx, request: Request) -> Response:
-    log_ignored_fields("/v1/completions", req, CTX_FIELDS)
+    log_ignored_fields("/v1/completions", req, CTX_FIELDS | LORA_FIELDS)
     native = to_generate_request(req)
     items = await generate_events(ctx, native)
     cid, created, want_lp = short_id("cmpl"), int(time.time()), native.logprobs

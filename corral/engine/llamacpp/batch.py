@@ -25,6 +25,7 @@ from corral.errors import BadRequestError, CorralError
 from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
+from .lora import LoraScales
 from .model import LlamaModel
 from .promptcache import SlotCache
 from .protocol import error_event, logprob_dict
@@ -99,6 +100,7 @@ class BatchLoop:
         self.waiting: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
+        self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
         self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
@@ -246,6 +248,7 @@ class BatchLoop:
         return best
 
     def _seat(self, rid: int, params: GenerateParams, emit: Emit, tokens: list[int], plan: sl.SlotPlan) -> None:
+        plan = self.lora.fit(plan, params)  # no KV reuse across LoRA scales
         slot = self.slots[plan.slot]
         m = self.model
         if self.cache is not None:
@@ -301,6 +304,7 @@ class BatchLoop:
         # batch whose sequences are out of order into several ubatches (measured: steps slowed from
         # ~43 to ~57 ms at 8 sequences once slot reuse had shuffled the order).
         ordered = sorted(self.active.values(), key=lambda q: q.slot.seq_id)
+        ordered = self.lora.select(ordered)  # one LoRA configuration per decode
         decoding = {id(q) for q in ordered if q.next_token is not None and (q.n_past < self.num_ctx or self._shift(q))}
         reserved = len(decoding)
         width = 0

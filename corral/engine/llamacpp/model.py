@@ -195,6 +195,11 @@ class LlamaModel:
         scales = (ctypes.c_float * len(self._loras))(*([1.0] * len(self._loras)))
         ll.llama_set_adapters_lora(self.ctx, arr, len(self._loras), scales)
 
+    @property
+    def loras(self) -> list[Any]:
+        """The LoRA adapters loaded on the main context (in ADAPTER order)."""
+        return self._loras
+
     # --- vocabulary -----------------------------------------------------------------------
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         data = text.encode()

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from corral.engine.base import Chunk, EmbedResult, GenerateParams, LoadSpec
+from corral.engine.base import Chunk, EmbedResult, GenerateParams, LoadSpec, RerankResult
 from corral.errors import CorralError, RunnerStoppedError
 from corral.fit import Placement
 
@@ -347,8 +347,13 @@ class LlamaCppRunner:
         obj = await self._request({"op": "embed", "inputs": inputs, "truncate": truncate})
         return EmbedResult(embeddings=obj["embeddings"], prompt_eval_count=int(obj.get("prompt_eval_count", 0)))
 
-    async def tokenize(self, text: str) -> list[int]:
-        return [int(t) for t in (await self._request({"op": "tokenize", "text": text}))["tokens"]]
+    async def rerank(self, query: str, documents: list[str]) -> RerankResult:
+        obj = await self._request({"op": "rerank", "query": query, "documents": documents})
+        return RerankResult(scores=[float(s) for s in obj["scores"]], prompt_eval_count=int(obj["prompt_eval_count"]))
+
+    async def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        req = {"op": "tokenize", "text": text, "add_special": add_special, "parse_special": parse_special}
+        return [int(t) for t in (await self._request(req))["tokens"]]
 
     async def detokenize(self, tokens: list[int]) -> str:
         return str((await self._request({"op": "detokenize", "tokens": tokens}))["text"])

@@ -1,7 +1,7 @@
 """The wire protocol between a runner process and its parent (newline-delimited JSON).
 
 One Unix-socket connection per request; closing it cancels the request. The first line a client
-sends is the request, `{"op": <op>, ...}` with op one of generate, embed, tokenize, detokenize,
+sends is the request, `{"op": <op>, ...}` with op one of generate, embed, rerank, tokenize, detokenize,
 status, health, shutdown. A generate request streams `{"text", "logprobs"?}` events and ends with
 `{"done": true, "done_reason", "metrics"}`; other ops answer with one JSON object. Any failure is
 `{"error": {"status", "message"}}`. This module owns the encoding of requests/events to and from
@@ -24,7 +24,7 @@ from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob, Top
 from corral.errors import CorralError, PayloadTooLargeError, error_from_status
 from corral.schemas.options import SampleOptions
 
-OPS = frozenset({"generate", "embed", "tokenize", "detokenize", "status", "health", "shutdown"})
+OPS = frozenset({"generate", "embed", "rerank", "tokenize", "detokenize", "status", "health", "shutdown"})
 MAX_LINE = 1024 * 1024 * 1024
 
 
@@ -60,6 +60,7 @@ def generate_request(params: GenerateParams) -> dict[str, Any]:
         "truncate": params.truncate,
         "shift": params.shift,
         **({"images": [base64.b64encode(i).decode() for i in params.images]} if params.images else {}),
+        "lora": list(params.lora) if params.lora is not None else None,
     }
 
 
@@ -78,6 +79,7 @@ def parse_generate(req: dict[str, Any]) -> GenerateParams:
         truncate=bool(req.get("truncate", True)),
         shift=bool(req.get("shift", True)),
         images=[base64.b64decode(i) for i in req.get("images") or []],
+        lora=tuple(float(s) for s in req["lora"]) if req.get("lora") is not None else None,
     )
 
 

@@ -30,6 +30,7 @@ from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
 from .model import ContextConfig, LlamaModel
+from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
 from .promptcache import SlotCache, open_cache
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
@@ -136,7 +137,11 @@ class RunnerServer:
         op = req["op"]
         m = self.model
         if op == "tokenize":
-            return lambda: {"tokens": m.tokenize(str(req.get("text", "")), add_special=False)}
+            text, add, parse = str(req.get("text", "")), bool(req.get("add_special")), req.get("parse_special", True)
+            return lambda: {"tokens": tokenize_text(m, text, add_special=add, parse_special=bool(parse))}
+        if op == "rerank":
+            docs = [str(d) for d in req.get("documents", [])]
+            return lambda: rerank(m, str(req.get("query", "")), docs, self.num_ctx)
         if op == "detokenize":
             return lambda: {"text": m.detokenize(list(req.get("tokens") or []))}
         if op == "status":
@@ -144,6 +149,8 @@ class RunnerServer:
         return lambda: self._embed([str(x) for x in req.get("inputs", [])], bool(req.get("truncate", True)))
 
     def _embed(self, inputs: list[str], truncate: bool) -> dict[str, Any]:
+        if is_rank(self.model):
+            raise BadRequestError(RANK_NO_EMBED)
         out: list[list[float]] = []
         count = 0
         for text in inputs:
