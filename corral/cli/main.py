@@ -177,6 +177,7 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
     """Parse a Modelfile, upload its local FROM/ADAPTER files as blobs, build the request."""
     fields = to_create_fields(parse_modelfile(text))
     source = str(fields.pop("from", ""))
+    more = [str(f) for f in fields.pop("from_all", [])[1:]]  # a vision model's projector (mmproj)
     adapters = fields.pop("adapters", [])
     body: dict[str, Any] = {"model": name, **fields}
     local = _model_files(source, base) if source else None
@@ -184,6 +185,11 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
         body["files"] = {name: _upload(c, path) for name, path in local.items()}
     else:
         body["from"] = source
+    for extra in more:
+        path = _resolve_local(extra, base)
+        if path is None or local is None:
+            raise BadRequestError(f"a second FROM must be a projector GGUF file beside a model file: {extra}")
+        body["files"][path.name] = _upload(c, path)
     if adapters:
         body["adapters"] = {}
         for adapter in adapters:

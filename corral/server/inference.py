@@ -36,6 +36,7 @@ from corral.server.runtime import (
     with_model_preamble,
 )
 from corral.server.stream import respond, until_disconnected
+from corral.server.vision import decode_images, placed, tag_messages, tag_raw
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -117,19 +118,6 @@ def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, ima
     )
 
 
-def decode_images(job: Job, images: list[str] | None, model: str) -> list[bytes]:
-    if not images:
-        return []
-    if "vision" not in job.capabilities:
-        raise BadRequestError(f'"{model}" does not support images')
-    import base64
-
-    try:
-        return [base64.b64decode(i, validate=False) for i in images]
-    except ValueError as exc:
-        raise BadRequestError(f"invalid image data: {exc}") from None
-
-
 # /api/generate ---------------------------------------------------------------------------------
 @router.post("/api/generate")
 async def generate(req: GenerateRequest, ctx: Ctx, request: Request) -> Response:
@@ -171,8 +159,9 @@ async def single(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
 
 def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str], think: bool | None = None) -> str:
     if req.raw:
-        return req.prompt
-    messages = with_model_preamble(job, [Message(role="user", content=req.prompt)], req.system)
+        return tag_raw(req.prompt, len(req.images or []))
+    user = Message(role="user", content=req.prompt, images=req.images or None)
+    messages = with_model_preamble(job, tag_messages([user]), req.system)
     if req.context is not None:
         messages = [m for m in messages if m.role == "system"] + [messages[-1]]
     prompt = render_messages(job, messages, template=req.template, think=think, think_level=level(req.think))
@@ -184,7 +173,7 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
         context_text = [await runner.detokenize(req.context)] if req.context else []
-        prompt = generate_prompt(job, req, context_text, plan.think)
+        prompt, images = placed(generate_prompt(job, req, context_text, plan.think), images)
         splitter = plan.splitter(prompt)
         async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
             piece = splitter.feed(chunk.text, final=chunk.done)
@@ -246,7 +235,7 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
 
     if not req.messages:
         return lifecycle_only(ctx, job, shape)
-    messages = with_model_preamble(job, req.messages)
+    messages = tag_messages(with_model_preamble(job, req.messages))
     if req.debug_render_only:
         prompt = render_messages(job, messages, tools=plan.render_tools, think=plan.think,
                                  think_level=level(req.think))
@@ -293,6 +282,7 @@ async def _chat_once(ctx: AppContext, job: Job, req: ChatRequest, messages: list
         tools = len(plan.render_tools or [])
         prompt = (await fit_messages(runner, job, messages, render, tools=tools) if req.truncate is not False
                   else render(messages))
+        prompt, images = placed(prompt, images)  # the images of the messages kept, tags from 0
         splitter: OutputSplitter = plan.splitter(prompt)
         async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
             piece = splitter.feed(chunk.text, final=chunk.done)

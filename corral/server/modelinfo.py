@@ -57,6 +57,8 @@ def capabilities(model: StoredModel, info: GGUFInfo | None) -> list[str]:
         caps.extend(model.config.capabilities)
     if not caps:
         caps.append("completion")
+    if model.projectors and "vision" not in caps:
+        caps.append("vision")  # a projector layer reads images (libmtmd)
     if model.template:
         try:
             tmpl = parse_template(model.template)

@@ -89,6 +89,7 @@ async def resolve_job(
         num_parallel=1 if embedding else (operator and operator.num_parallel) or ctx.settings.num_parallel,
         embedding=embedding,
         adapters=tuple(model.adapters),
+        projectors=tuple(model.projectors),
         flash_attention=ctx.settings.flash_attention,
         kv_cache_type=ctx.settings.kv_cache_type,
         kv_unified=ctx.settings.kv_unified,

@@ -159,7 +159,7 @@ def test_translation_of_fields() -> None:
     ({"model": "tiny", "messages": MSGS, "reasoning_effort": "huge"}, 400, None, "invalid_request_error"),
     ({"model": "tiny", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": "data:image/png;base64,aGk="}]}]}, 400,
-     '"tiny" does not support images', "invalid_request_error"),
+     '"tiny" does not support images (the model has no vision projector)', "invalid_request_error"),
     ({"model": "tiny", "messages": MSGS, "top_logprobs": 30}, 400, "top_logprobs must be between 0 and 20",
      "invalid_request_error"),
     ({"model": "tiny"}, 400, "[] is too short - 'messages'", "invalid_request_error"),

@@ -23,6 +23,7 @@ from corral.engine.base import GenerateParams, TokenLogprob
 from corral.errors import BadRequestError, CorralError
 
 from . import media as md
+from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
 from .lora import LoraScales
@@ -57,6 +58,7 @@ class Sequence:
     next_token: int | None = None
     n_gen: int = 0
     t_first: float = 0.0
+    media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
     media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
 
 
@@ -100,6 +102,7 @@ class BatchLoop:
         self.waiting: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
+        self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
         self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.running = True
@@ -178,6 +181,8 @@ class BatchLoop:
         self.running = False
 
     def _prepare(self, params: GenerateParams) -> list[int]:
+        if params.images:
+            return md.admit(self.vision, params, self.num_ctx)
         if params.images:
             return md.admit(self.vision, params, self.num_ctx)
         tokens = self.model.tokenize(params.prompt)
@@ -265,6 +270,7 @@ class BatchLoop:
         else:
             slot.cached = slot.cached[: plan.keep]
         n_past = len(slot.cached)
+        n_past = md.align(m, slot, tokens, n_past)  # never from inside an image
         n_past = md.align(m, slot, tokens, n_past)  # never from inside an image
         opts = params.options
         sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx, ignore_eos=params.ignore_eos)

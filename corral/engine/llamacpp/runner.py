@@ -29,6 +29,7 @@ from . import offload
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
+from .media import open_vision
 from .model import ContextConfig, LlamaModel
 from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
 from .promptcache import SlotCache, open_cache
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
     p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
@@ -285,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cache = None if args.embedding else _prompt_cache(args, model)
     loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel, cache=cache)
+    loop.vision = vision
     loop.vision = vision
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()

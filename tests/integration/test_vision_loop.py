@@ -1,0 +1,133 @@
+"""Images inside the continuous-batching loop, in process: SmolLM2-135M + a synthetic projector.
+
+Proves the order of work rather than timings: image pieces are decoded between the loop's regular
+steps, so a text-only sequence keeps generating while another sequence's images are read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from corral.engine.base import GenerateParams
+from corral.engine.llamacpp.batch import BatchLoop
+from corral.engine.llamacpp.media import Vision
+from corral.engine.llamacpp.model import ContextConfig, LlamaModel
+from corral.schemas.options import SampleOptions
+from tests.mmproj import png, write_mmproj
+from tests.support import smollm2_path
+
+pytestmark = pytest.mark.integration
+NUM_CTX = 1024
+IMAGE_TOKENS = 16  # (64 / 16)² patches of the synthetic projector
+
+
+def chat(text: str) -> str:
+    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+class Harness:
+    """A BatchLoop with vision on a thread; records token events and image pieces in order."""
+
+    def __init__(self, model: LlamaModel, vision: Vision) -> None:
+        self.loop = BatchLoop(model, num_ctx=NUM_CTX, num_parallel=2)
+        self.loop.vision = vision
+        self.log: list[tuple[str, int]] = []
+        self.rid = 0
+        decode = vision._decode_piece
+
+        def traced(seq: Any, span: Any) -> int | None:
+            self.log.append(("image", seq.rid))
+            return decode(seq, span)
+
+        vision._decode_piece = traced  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+        self.thread.start()
+
+    def submit(self, prompt: str, images: list[bytes] | None = None, n: int = 8) -> tuple[int, dict[str, Any]]:
+        self.rid += 1
+        rid = self.rid
+        done = threading.Event()
+        out: dict[str, Any] = {"text": ""}
+
+        def emit(ev: dict[str, Any]) -> None:
+            if "error" in ev:
+                out["error"] = ev["error"]
+                done.set()
+                return
+            self.log.append(("token", rid))
+            out["text"] += ev.get("text", "")
+            if ev.get("done"):
+                out["metrics"] = ev["metrics"]
+                done.set()
+
+        params = GenerateParams(prompt=prompt, images=images or [], options=SampleOptions(temperature=0, num_predict=n))
+        self.loop.submit(("generate", rid, params, emit))
+        out["done"] = done
+        return rid, out
+
+    def wait(self, out: dict[str, Any]) -> dict[str, Any]:
+        assert out["done"].wait(120), "the request did not finish"
+        return out
+
+    def stop(self) -> None:
+        self.loop.submit(("stop",))
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    proj = write_mmproj(tmp_path_factory.mktemp("mmproj") / "mmproj.gguf")
+    cfg = ContextConfig(n_ctx=NUM_CTX * 2, n_seq=2, n_batch=512, threads=2)
+    model = LlamaModel(str(smollm2_path()), cfg, extra_bufts=False)
+    vision = Vision(model, str(proj), threads=2)
+    h = Harness(model, vision)
+    yield h
+    h.stop()
+    vision.close()
+    model.close()
+
+
+def test_images_change_the_output_and_count_as_prompt_tokens(harness: Harness) -> None:
+    text = harness.wait(harness.submit(chat("Describe the picture."))[1])
+    one = harness.wait(harness.submit(chat("[img-0]Describe the picture."), [png(64, 64, seed=1)])[1])
+    two = harness.wait(harness.submit(chat("[img-0]Describe the picture."), [png(64, 64, seed=2)])[1])
+    assert "error" not in one and "error" not in two
+    assert one["metrics"]["prompt_eval_count"] == text["metrics"]["prompt_eval_count"] + IMAGE_TOKENS
+    assert len({text["text"], one["text"], two["text"]}) == 3
+    assert all(t >= 0 for t in one["metrics"]["context"])  # image positions are not returned as tokens
+
+
+def test_a_repeated_image_reuses_its_cache_and_answers_the_same(harness: Harness) -> None:
+    prompt, image = chat("[img-0]What colour is it?"), png(48, 32, (200, 30, 30))
+    first = harness.wait(harness.submit(prompt, [image])[1])
+    again = harness.wait(harness.submit(prompt, [image])[1])
+    n = again["metrics"]["prompt_eval_count"]
+    assert again["metrics"]["prompt_cache_count"] == n - 1
+    assert again["text"] == first["text"]
+
+
+def test_text_keeps_generating_while_another_sequence_reads_images(harness: Harness) -> None:
+    harness.log.clear()
+    text_rid, text = harness.submit(chat("Count from one to twenty."), n=24)
+    images = [png(64, 64, seed=10 + i) for i in range(6)]
+    tags = "".join(f"[img-{i}]" for i in range(6))
+    image_rid, image = harness.submit(chat(tags + "Which picture is brightest?"), images)
+    harness.wait(text)
+    harness.wait(image)
+    pieces = [i for i, (kind, rid) in enumerate(harness.log) if kind == "image" and rid == image_rid]
+    assert len(pieces) == 6  # one piece per image, each between two regular steps
+    between = [e for e in harness.log[pieces[0] : pieces[-1]] if e == ("token", text_rid)]
+    assert len(between) >= 4, harness.log
+
+
+def test_a_prompt_may_end_with_an_image_and_unplaced_images_are_refused(harness: Harness) -> None:
+    ends = harness.wait(harness.submit("<|im_start|>user\nLook: [img-0]", [png(64, 64, seed=3)], n=4)[1])
+    assert "error" not in ends and ends["metrics"]["eval_count"] >= 1
+    refused = harness.wait(harness.submit(chat("no tag here"), [png(64, 64, seed=3)])[1])
+    assert refused["error"]["status"] == 400 and "[img-0]" in refused["error"]["message"]
+    broken = harness.wait(harness.submit(chat("[img-0]?"), [b"not an image"])[1])
+    assert broken["error"]["status"] == 400 and "image 0" in broken["error"]["message"]
