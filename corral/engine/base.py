@@ -29,7 +29,6 @@ class LoadSpec:
     kv_cache_type: str = ""
     kv_unified: bool = False  # one KV buffer shared by all sequences (faster; not batch-invariant)
     projectors: tuple[Path, ...] = ()  # vision projector GGUF (mmproj), read with libmtmd
-    projectors: tuple[Path, ...] = ()  # vision projector GGUF (mmproj), read with libmtmd
 
 
 @dataclass

@@ -23,7 +23,6 @@ from corral.engine.base import GenerateParams, TokenLogprob
 from corral.errors import BadRequestError, CorralError
 
 from . import media as md
-from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
 from .lora import LoraScales
@@ -58,7 +57,6 @@ class Sequence:
     next_token: int | None = None
     n_gen: int = 0
     t_first: float = 0.0
-    media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
     media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
 
 
@@ -183,8 +181,6 @@ class BatchLoop:
     def _prepare(self, params: GenerateParams) -> list[int]:
         if params.images:
             return md.admit(self.vision, params, self.num_ctx)
-        if params.images:
-            return md.admit(self.vision, params, self.num_ctx)
         tokens = self.model.tokenize(params.prompt)
         if not tokens:
             raise BadRequestError("the prompt is empty")
@@ -270,7 +266,6 @@ class BatchLoop:
         else:
             slot.cached = slot.cached[: plan.keep]
         n_past = len(slot.cached)
-        n_past = md.align(m, slot, tokens, n_past)  # never from inside an image
         n_past = md.align(m, slot, tokens, n_past)  # never from inside an image
         opts = params.options
         sampler = SeqSampler(m, opts, grammar=params.grammar, num_ctx=self.num_ctx, ignore_eos=params.ignore_eos)

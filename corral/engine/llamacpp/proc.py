@@ -88,8 +88,6 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = p
         argv += ["--mmap", "on" if o.use_mmap else "off"]
     for projector in spec.projectors:
         argv += ["--mmproj", str(projector)]
-    for projector in spec.projectors:
-        argv += ["--mmproj", str(projector)]
     for adapter in spec.adapters:
         argv += ["--lora", str(adapter)]
     return argv

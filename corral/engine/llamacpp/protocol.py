@@ -16,7 +16,6 @@ before it is sent (413); a runner that still receives one answers with the same 
 from __future__ import annotations
 
 import base64
-import base64
 import json
 from dataclasses import asdict, fields
 from typing import Any
@@ -61,7 +60,6 @@ def generate_request(params: GenerateParams) -> dict[str, Any]:
         "truncate": params.truncate,
         "shift": params.shift,
         **({"images": [base64.b64encode(i).decode() for i in params.images]} if params.images else {}),
-        **({"images": [base64.b64encode(i).decode() for i in params.images]} if params.images else {}),
         "lora": list(params.lora) if params.lora is not None else None,
     }
 
@@ -80,7 +78,6 @@ def parse_generate(req: dict[str, Any]) -> GenerateParams:
         ignore_eos=bool(req.get("ignore_eos", False)),
         truncate=bool(req.get("truncate", True)),
         shift=bool(req.get("shift", True)),
-        images=[base64.b64decode(i) for i in req.get("images") or []],
         images=[base64.b64decode(i) for i in req.get("images") or []],
         lora=tuple(float(s) for s in req["lora"]) if req.get("lora") is not None else None,
     )

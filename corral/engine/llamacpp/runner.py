@@ -29,7 +29,6 @@ from . import offload
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
-from .media import open_vision
 from .model import ContextConfig, LlamaModel
 from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
 from .promptcache import SlotCache, open_cache
@@ -287,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cache = None if args.embedding else _prompt_cache(args, model)
     loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel, cache=cache)
-    loop.vision = vision
     loop.vision = vision
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
