@@ -9,13 +9,15 @@ follow Go's `strconv.ParseBool` with Ollama's rule that any other non-empty valu
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from corral.durations import env_duration_seconds
 from corral.names import ModelName
@@ -194,6 +196,74 @@ def parse_mirror_list(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
+RPC_DEFAULT_PORT = 50052
+
+
+def rpc_endpoint(text: str) -> str:
+    """`host[:port]` of an RPC worker as ggml's client takes it (IPv4 or a name; split at the colon)."""
+    host, sep, port_text = text.strip().partition(":")
+    if not host or ":" in port_text or host.startswith("["):
+        raise ValueError(f"RPC worker {text.strip()!r} must be host:port with an IPv4 address or a host name "
+                         "(llama.cpp's RPC client takes no IPv6 addresses)")
+    if not sep:
+        return f"{host}:{RPC_DEFAULT_PORT}"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"RPC worker {text.strip()!r}: {port_text!r} is not a port number")
+    return f"{host}:{int(port_text)}"
+
+
+def _rpc_workers(value: object) -> object:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return value
+    out: list[str] = []
+    for item in items:
+        if not str(item).strip():
+            continue
+        ep = rpc_endpoint(str(item))
+        if ep in out:
+            raise ValueError(f"RPC worker {ep} is listed twice")
+        out.append(ep)
+    return tuple(out)
+
+
+def parse_rpc_split(text: str) -> tuple[float, ...]:
+    """`local,w1,w2,...`: shares of the layers, this machine first (llama.cpp's --tensor-split)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        shares = tuple(float(x) for x in items)
+    except ValueError:
+        raise ValueError(f"{text!r} must be numbers, e.g. 0,1,1 (this machine, then each worker)") from None
+    if any(not math.isfinite(x) or x < 0 for x in shares) or (shares and sum(shares) <= 0):
+        raise ValueError(f"{text!r}: shares must be finite, not negative, and not all zero")
+    return shares
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?")
+
+
+def parse_size(value: object) -> int:
+    """A size in bytes: a number, or a number with a unit (K, M, G, T; KB/KiB alike: powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 4GiB, 512MiB or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _SIZE.fullmatch(str(value).strip().strip("\"'"))
+    if m is None:
+        raise ValueError(f"{value!r} is not a size (use e.g. 4GiB, 512MiB or a number of bytes)")
+    unit = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * unit)
+
+
+def _cache_ram_default() -> int:
+    """The prompt cache's memory per loaded model when none is set: 10 % of RAM, at most 8 GiB."""
+    import psutil
+
+    return int(min(psutil.virtual_memory().total // 10, 8 << 30))
+
+
 class Settings(BaseModel):
     """All configuration. Build with `Settings.from_env()` at the edge, or directly in tests.
 
@@ -221,6 +291,11 @@ class Settings(BaseModel):
     kv_cache_type: str = Field("", description="f16 (default), q8_0 or q4_0")
     kv_unified: bool = Field(False, description="one KV buffer for all sequences: faster batches, "
                              "but a sequence's output may differ slightly with what runs beside it")
+    cache_ram: str = Field("", description="memory for each loaded model's prompt cache beyond its sequences "
+                           "(4GiB, 512MiB, bytes; empty = 10% of RAM, at most 8 GiB; 0 = off)")
+    cache_disk: Path | None = Field(None, description="directory where prompt-cache entries are kept across "
+                                    "unloads and restarts (off when unset)")
+    cache_disk_max: str = Field("10GiB", description="size bound of CORRAL_CACHE_DISK")
     backend: str = Field("auto", description="llama.cpp build for the runners: auto, cpu, cuda, vulkan "
                          "or cpu-rpc (auto: a built cuda or vulkan variant that finds a device, else cpu)")
     backends_dir: Path = Field(Path("~/.cache/corral/backends"), description="where scripts/build_backend.sh "
@@ -249,6 +324,10 @@ class Settings(BaseModel):
     registry_mirror_key: str | None = Field(None, description="API key sent to the registry mirrors")
     registry_mirror_of: str | None = Field(None, description="act as a pull-through mirror of this "
                                            "registry URL for /v2 pulls")
+    rpc_workers: tuple[str, ...] = Field((), description="llama.cpp RPC workers (`corral worker`) runners "
+                                         "offload layers to, comma separated host:port")
+    rpc_split: str = Field("", description="shares of the layers: this machine, then each RPC worker "
+                           "(default: every layer that fits on the workers, by their free memory)")
     allow_from: tuple[str, ...] = Field((), description="client addresses/networks allowed (empty: all)")
     allow_from_routes: dict[str, tuple[str, ...]] = Field(
         default_factory=dict, description="route prefix -> allowed networks (overrides allow_from there)")
@@ -277,6 +356,25 @@ class Settings(BaseModel):
     @classmethod
     def _networks(cls, value: object) -> object:
         return _network_list(value)
+
+    @field_validator("rpc_workers", mode="before")
+    @classmethod
+    def _rpc_workers(cls, value: object) -> object:
+        return _rpc_workers(value)
+
+    @field_validator("rpc_split", mode="after")
+    @classmethod
+    def _rpc_split(cls, value: str) -> str:
+        parse_rpc_split(value)
+        return value
+
+    @model_validator(mode="after")
+    def _rpc_split_matches(self) -> Settings:
+        shares = parse_rpc_split(self.rpc_split)
+        if shares and len(shares) != len(self.rpc_workers) + 1:
+            raise ValueError(f"rpc_split has {len(shares)} shares for {len(self.rpc_workers)} RPC workers: "
+                             "give one for this machine, then one per worker")
+        return self
 
     @field_validator("allow_from_routes", mode="before")
     @classmethod
@@ -338,7 +436,7 @@ class Settings(BaseModel):
         return value
 
     @field_validator("backends_dir", "home", "models", "tls_cert", "tls_key", "ca_bundle", "jwt_public_key",
-                     mode="after")
+                     "cache_disk", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
@@ -386,6 +484,21 @@ class Settings(BaseModel):
     def default_num_ctx(self) -> int:
         return self.context_length or DEFAULT_CONTEXT_LENGTH
 
+    @field_validator("cache_ram", "cache_disk_max", mode="after")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if value.strip():
+            parse_size(value)
+        return value
+
+    @property
+    def cache_ram_bytes(self) -> int:
+        return parse_size(self.cache_ram) if self.cache_ram.strip() else _cache_ram_default()
+
+    @property
+    def cache_disk_max_bytes(self) -> int:
+        return parse_size(self.cache_disk_max) if self.cache_disk_max.strip() else 0
+
     @property
     def max_runners(self) -> int:
         return self.max_loaded_models or 3
@@ -402,6 +515,11 @@ class Settings(BaseModel):
     def registry_mirrors(self) -> list[tuple[str, str]]:
         """(upstream host, mirror URL) pairs in order; "" is the default registry host."""
         return parse_mirror_list(self.registry_mirror)
+
+    @property
+    def rpc_shares(self) -> tuple[float, ...]:
+        """The RPC split as numbers; () = sized by the workers' memory. Its length is checked here."""
+        return parse_rpc_split(self.rpc_split)
 
     @property
     def origin_list(self) -> list[str]:

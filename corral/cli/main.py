@@ -14,6 +14,7 @@ from corral.cli.format import human_bytes, human_time, render_show, table
 from corral.cli.keys import keys as keys_group
 from corral.cli.launch import launch as launch_cmd
 from corral.cli.progress import new_progress, render_progress
+from corral.cli.worker import worker as worker_cmd
 from corral.client import Client
 from corral.configfile import load_settings
 from corral.errors import BadRequestError, ConnectError, CorralError
@@ -259,6 +260,7 @@ _register_inference_verbs()
 cli.add_command(keys_group)
 cli.add_command(launch_cmd)
 cli.add_command(config_group)
+cli.add_command(worker_cmd)
 
 
 def main() -> None:

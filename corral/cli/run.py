@@ -201,9 +201,34 @@ def ps() -> None:
     rows = []
     for m in models:
         until = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), processor(m),
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), rpc_processor(m) or processor(m),
                      str(m.get("context_length", "")), human_time(until)])
     console.print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), soft_wrap=True)
+    for line in rpc_lines(models):
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+def rpc_processor(m: dict[str, Any]) -> str | None:
+    """The share of layers on RPC workers (`/api/ps` `rpc`), as `ollama ps` prints a CPU/GPU split."""
+    rpc = m.get("rpc") or {}
+    total = int(rpc.get("layers") or 0)
+    if not total:
+        return None
+    remote = round(100 * (total - int(rpc.get("local_layers", 0))) / total)
+    return "100% RPC" if remote == 100 else f"{100 - remote}%/{remote}% CPU/RPC"
+
+
+def rpc_lines(models: list[dict[str, Any]]) -> list[str]:
+    """One line per model whose layers are on RPC workers: how many on each."""
+    lines = []
+    for m in models:
+        rpc = m.get("rpc") or {}
+        parts = [f"{w['layers']} on {w['endpoint']} ({human_bytes(int(w.get('free', 0)))} free)"
+                 for w in rpc.get("workers", [])]
+        if parts:
+            lines.append(f"{m['name']}: {rpc.get('local_layers', 0)}/{rpc.get('layers', 0)} layers local, "
+                         + ", ".join(parts))
+    return lines
 
 
 @click.command()

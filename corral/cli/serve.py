@@ -21,6 +21,7 @@ from corral.config import Settings
 from corral.engine.llamacpp.backend import Backend, log_devices
 from corral.engine.llamacpp.backend import select as select_backend
 from corral.engine.llamacpp.proc import LlamaCppEngine
+from corral.engine.llamacpp.rpcpool import WorkerPool
 from corral.errors import CorralError
 from corral.registry.auth import KEY_NAME, ensure_keypair
 from corral.scheduler import SHUTDOWN_GRACE, Scheduler
@@ -78,6 +79,16 @@ def choose_backend(cfg: Settings) -> Backend:
     return backend
 
 
+def rpc_workers(cfg: Settings) -> WorkerPool | None:
+    """CORRAL_RPC_WORKERS: the RPC-enabled llama.cpp build runners use, and what each worker reports."""
+    if not cfg.rpc_workers:
+        return None
+    try:
+        return WorkerPool.start(cfg.rpc_workers, cfg.rpc_shares)
+    except CorralError as exc:
+        sys.exit(f"Error: CORRAL_RPC_WORKERS is set, but {exc.message}")
+
+
 def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
     cfg.home.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.models_dir)
@@ -87,6 +98,10 @@ def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
         backend=choose_backend(cfg),
         gpu_overhead=cfg.gpu_overhead,
         gpu_memory_limit=cfg.gpu_memory_limit,
+        cache_ram=cfg.cache_ram_bytes,
+        cache_disk=cfg.cache_disk,
+        cache_disk_max=cfg.cache_disk_max_bytes,
+        rpc=rpc_workers(cfg),
     )
     scheduler = Scheduler(engine, cfg)
     return create_app(cfg, store, scheduler=scheduler)

@@ -109,4 +109,14 @@ async def ps(ctx: Ctx) -> JSONResponse:
             "size_vram": int(getattr(entry.runner, "vram_bytes", 0)),
             "context_length": ref.spec.options.num_ctx,
         })
+        rpc = rpc_offload(entry.runner)
+        if rpc:
+            models[-1]["rpc"] = rpc  # corral's extension: layers on RPC workers (CORRAL_RPC_WORKERS)
     return JSONResponse({"models": models})
+
+
+def rpc_offload(runner: object) -> dict[str, Any] | None:
+    """What a runner put on RPC workers, as its ready line reported it (None: nothing)."""
+    info = getattr(runner, "info", None)
+    rpc = info.get("rpc") if isinstance(info, dict) else None
+    return rpc if isinstance(rpc, dict) and rpc.get("workers") else None

@@ -22,6 +22,7 @@ from corral.errors import BadRequestError, CorralError
 
 from .cstruct import new, set_fields
 from .offload import GpuParams
+from .rpcdev import RpcOffload
 from .threadpool import Threadpool
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,13 @@ class LlamaModel:
         lora: list[str] | None = None,
         extra_bufts: bool = True,
         gpu: GpuParams | None = None,
+        rpc: RpcOffload | None = None,
     ):
         ll.llama_backend_init()
-        model = ll.llama_model_load_from_file(path.encode(), model_params(mmap, extra_bufts=extra_bufts, gpu=gpu))
+        params = model_params(mmap, extra_bufts=extra_bufts, gpu=gpu)
+        if rpc is not None:
+            rpc.apply(params)  # layers go to the RPC workers' devices, the rest stays on this CPU
+        model = ll.llama_model_load_from_file(path.encode(), params)
         if not model:
             raise CorralError(f"unable to load model: {path}")
         self.model = model

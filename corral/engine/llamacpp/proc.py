@@ -30,6 +30,7 @@ from corral.fit import Placement
 
 from . import protocol as proto
 from .backend import Accelerators, Backend, placement_argv
+from .rpcpool import Choice, WorkerPool, in_use
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class LlamaCppEngine(Accelerators):
         backend: Backend | None = None,
         gpu_overhead: int = 0,
         gpu_memory_limit: int = 0,
+        rpc: WorkerPool | None = None,
     ) -> None:
         Accelerators.__init__(self, backend, overhead=gpu_overhead, limit=gpu_memory_limit)
         self.log_dir = Path(log_dir)
@@ -121,6 +123,9 @@ class LlamaCppEngine(Accelerators):
         self.cache_disk = cache_disk
         self.cache_disk_max = cache_disk_max
         self.extra_bufts = True  # weight repacking (AMX/AVX-512 kernels); off after a SIGILL at load
+        self.rpc = rpc  # CORRAL_RPC_WORKERS: runners offload layers to these llama.cpp RPC workers
+        self._rpc_choice = Choice()
+        self._runners: list[LlamaCppRunner] = []
 
     def estimate(self, spec: LoadSpec) -> int:
         size = Path(spec.model_path).stat().st_size + sum(Path(p).stat().st_size for p in spec.projectors)
@@ -155,6 +160,17 @@ class LlamaCppEngine(Accelerators):
         return args
 
     async def _spawn(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
+        """Start a runner; one that died loading because an RPC worker went away is started again
+        (the workers are probed anew, so it goes without that one)."""
+        try:
+            return await self._spawn_once(spec, placement)
+        except RunnerCrashedError as exc:
+            if self.rpc is None or exc.signal == signal.SIGILL or not await self.rpc.any_gone(self._rpc_choice.workers):
+                raise
+            log.warning("an RPC worker went away while a model was loading; loading again without it")
+        return await self._spawn_once(spec, placement)
+
+    async def _spawn_once(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = tempfile.mkdtemp(prefix="corral-r-")
         sock = os.path.join(sock_dir, "s")
@@ -163,9 +179,13 @@ class LlamaCppEngine(Accelerators):
             argv.append("--no-extra-bufts")
         argv += self._cache_args(spec)
         argv += placement_argv(placement)
+        self._runners = [r for r in self._runners if r.alive]
+        self._rpc_choice = await self.rpc.choose(in_use(self._runners)) if self.rpc else Choice()
+        argv += self._rpc_choice.argv()
+        env = self.backend.env() if self.backend.lib is not None else None
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            env=self.backend.env() if self.backend.lib is not None else None,
+            env=self.rpc.runner_env(env) if self.rpc else env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -176,6 +196,8 @@ class LlamaCppEngine(Accelerators):
             proc, sock, sock_dir, log_path, estimate=self.estimate(spec), max_line=self.max_line
         )
         runner.placement = placement
+        runner.rpc_workers, runner.rpc_pool = self._rpc_choice.workers, self.rpc
+        self._runners.append(runner)
         try:
             await asyncio.wait_for(runner.wait_ready(), timeout=self.load_timeout)
         except TimeoutError:
@@ -209,6 +231,8 @@ class LlamaCppRunner:
         self._tail: deque[str] = deque(maxlen=20)
         self._closed = False
         self.info: dict[str, Any] = {}
+        self.rpc_workers: tuple[str, ...] = ()  # the RPC workers this runner offloads to
+        self.rpc_pool: WorkerPool | None = None
         self.placement: Placement | None = None  # the layers the server asked to offload
         self._stderr_task = asyncio.ensure_future(self._pump_stderr())
         self._stdout_task: asyncio.Future[None] | None = None
@@ -302,7 +326,8 @@ class LlamaCppRunner:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout=2.0)
         if self.proc.returncode is not None:
-            return RunnerStoppedError()
+            lost = await self.rpc_pool.lost_error(self.rpc_workers) if self.rpc_pool else None
+            return lost or RunnerStoppedError()
         return CorralError("an error was encountered while running the model: unexpected EOF")
 
     async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:

@@ -104,6 +104,7 @@ class RpcOffload:
             devices=ctypes.addressof(self._devices),
             n_gpu_layers=self.plan.n_gpu_layers,
             split_mode=ll.LLAMA_SPLIT_MODE_LAYER,
+            main_gpu=0,
             tensor_split=ctypes.cast(self._split, ctypes.POINTER(ctypes.c_float)),
         )
 

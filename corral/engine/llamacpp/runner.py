@@ -25,7 +25,7 @@ from typing import Any
 
 from corral.errors import BadRequestError, CorralError
 
-from . import offload
+from . import offload, rpcdev
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    p.add_argument("--rpc", action="append", default=[], help="an RPC worker (host:port) to offload layers to")
+    p.add_argument("--rpc-split", default="", help="shares of the layers: this machine, then each --rpc worker")
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
@@ -275,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         load_log = offload.LoadLog()
+        rpc = rpcdev.from_args(args.rpc, args.rpc_split, model_path=args.model, n_ctx=cfg.n_ctx)
         model = LlamaModel(
             args.model, cfg, mmap=args.mmap, lora=args.lora, extra_bufts=not args.no_extra_bufts,
-            gpu=offload.gpu_params(args),
+            gpu=offload.gpu_params(args), rpc=rpc,
         )
         model.warmup()
         vision = open_vision(args.mmproj, model, threads)
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:
-        asyncio.run(serve(args, model, loop, offload.ready_fields(load_log)))
+        asyncio.run(serve(args, model, loop, {**offload.ready_fields(load_log), **rpcdev.ready_fields(rpc)}))
     finally:
         loop.submit(("stop",))  # no-op when serve() stopped it already
         thread.join(timeout=STOP_STEP_TIMEOUT)
