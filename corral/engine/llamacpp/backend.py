@@ -83,8 +83,21 @@ def discover(backend: Backend, python: str = sys.executable, timeout: float = DI
     return Backend(backend.name, backend.lib, devices, tuple(obj["all"]))
 
 
-def select(choice: str, backends_dir: Path, *, python: str = sys.executable) -> Backend:
+def may_have_device(variant: str, environ: Mapping[str, str], dev: Path = Path("/dev")) -> bool:
+    """Whether `auto` should ask `variant` for devices (a child process that loads the driver):
+    not on a machine without a GPU device node, where only the CPU itself (lavapipe) could answer,
+    unless GGML_VK_VISIBLE_DEVICES picks a Vulkan device explicitly."""
+    nvidia = (dev / "nvidiactl").exists() or any(dev.glob("nvidia[0-9]*"))
+    if variant == "cuda":
+        return nvidia
+    return nvidia or any(dev.glob("dri/renderD*")) or bool(environ.get("GGML_VK_VISIBLE_DEVICES"))
+
+
+def select(
+    choice: str, backends_dir: Path, *, python: str = sys.executable, environ: Mapping[str, str] | None = None
+) -> Backend:
     """The build to use for `choice` (see the module doc), with its devices discovered."""
+    environ = os.environ if environ is None else environ
     if choice not in CHOICES:
         raise CorralError(f"unknown backend {choice!r} (choose one of {', '.join(CHOICES)})")
     if choice == "cpu":
@@ -97,7 +110,7 @@ def select(choice: str, backends_dir: Path, *, python: str = sys.executable) -> 
         return discover(Backend(choice, path / "lib"), python)
     for name in AUTO_ORDER:
         path = variant_dir(backends_dir, name)
-        if not is_built(path):
+        if not is_built(path) or not may_have_device(name, environ):
             continue
         try:
             found = discover(Backend(name, path / "lib"), python)
