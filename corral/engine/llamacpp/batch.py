@@ -102,7 +102,6 @@ class BatchLoop:
         self.stats = StepStats()
         self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
-        self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
         self.on_stopped: Callable[[], None] | None = None  # called on the loop thread after the last flush

@@ -62,7 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
     p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
     offload.add_arguments(p)
-    p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     return p.parse_args(argv)
 
 
