@@ -11,6 +11,7 @@ checks that every metric and label they use exists). Does not own the scheduler 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,15 @@ class ServerMetrics:
         self.device_memory = gauge("corral_device_memory_bytes", "Memory of the loaded models on each device",
                                    ["device"])
         self.rate_limited = counter("corral_rate_limited_requests", "Requests refused with 429", ["limit"])
+        self.cache_entries = gauge("corral_prompt_cache_entries", "KV states in each model's prompt cache "
+                                   "(tier: ram or disk)", ["model", "tier"])
+        self.cache_bytes = gauge("corral_prompt_cache_bytes", "Bytes of each model's prompt cache (tier: ram or disk)",
+                                 ["model", "tier"])
+        self.cache_hits = counter("corral_prompt_cache_hits", "Prompts that restored a state from the prompt cache",
+                                  model)
+        self.cache_saved = counter("corral_prompt_cache_saved_tokens",
+                                   "Prompt tokens restored from the prompt cache instead of computed", model)
+        self._cache_seen: dict[tuple[str, int], tuple[int, int]] = {}
         for limit in ("requests", "tokens"):  # series from 0, so rate() sees the first refusal
             self.rate_limited.labels(limit=limit)
 
@@ -128,6 +138,39 @@ class ServerMetrics:
         for device, size in per_device.items():
             self.device_memory.labels(device=device).set(size)
 
+    async def refresh_prompt_caches(self, scheduler: Any, timeout: float = 2.0) -> None:
+        """Read each loaded runner's prompt-cache figures (duck-typed: an async `status()` whose answer
+        has a `prompt_cache` object). Hits and saved tokens are runner totals, added as deltas."""
+        entries = list(scheduler.snapshot()) if scheduler is not None else []
+        self.cache_entries.clear()
+        self.cache_bytes.clear()
+
+        async def one(entry: Any) -> tuple[str, int, dict[str, Any]]:
+            status = getattr(entry.runner, "status", None)
+            if status is None or not getattr(entry.runner, "alive", False):
+                return entry.ref.name, 0, {}
+            got = await asyncio.wait_for(status(), timeout)
+            return entry.ref.name, int(getattr(entry.runner, "pid", 0)), dict(got.get("prompt_cache") or {})
+
+        results = await asyncio.gather(*(one(e) for e in entries), return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException) or not res[2]:
+                continue  # a runner that is busy dying, or without a prompt cache
+            self._observe_cache(*res)
+
+    def _observe_cache(self, model: str, pid: int, pc: dict[str, Any]) -> None:
+        disk = pc.get("disk") or {}
+        self.cache_entries.labels(model=model, tier="ram").set(int(pc.get("entries", 0)))
+        self.cache_bytes.labels(model=model, tier="ram").set(int(pc.get("bytes", 0)))
+        if disk:
+            self.cache_entries.labels(model=model, tier="disk").set(int(disk.get("entries", 0)))
+            self.cache_bytes.labels(model=model, tier="disk").set(int(disk.get("bytes", 0)))
+        hits, saved = int(pc.get("hits", 0)), int(pc.get("tokens_saved", 0))
+        last_hits, last_saved = self._cache_seen.get((model, pid), (0, 0))
+        self.cache_hits.labels(model=model).inc(max(hits - last_hits, 0))
+        self.cache_saved.labels(model=model).inc(max(saved - last_saved, 0))
+        self._cache_seen[(model, pid)] = (hits, saved)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -159,6 +202,7 @@ def record_generation(ctx: AppContext, model: str, m: Metrics | None, started_ns
 def install_metrics_route(app: FastAPI, ctx: AppContext, metrics: ServerMetrics) -> None:
     async def metrics_endpoint(request: Request) -> Response:
         metrics.refresh_scheduler(ctx.scheduler)
+        await metrics.refresh_prompt_caches(ctx.scheduler)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

@@ -30,8 +30,8 @@ from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
 from .media import open_vision
 from .model import ContextConfig, LlamaModel
-from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
 from .promptcache import SlotCache, open_cache
+from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
+    p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
+    p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
+    p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
     p.add_argument("--rpc", action="append", default=[], help="an RPC worker (host:port) to offload layers to")
     p.add_argument("--rpc-split", default="", help="shares of the layers: this machine, then each --rpc worker")
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
