@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from corral.engine.llamacpp.media import MARKER, ImageSpan, MediaPrompt, place_images, pseudo_tokens
+from corral.engine.base import GenerateParams
+from corral.engine.llamacpp.media import MARKER, ImageSpan, MediaPrompt, admit, place_images, pseudo_tokens
 from corral.errors import BadRequestError
 
 
@@ -48,3 +49,9 @@ def test_text_runs_stop_at_images_and_reuse_never_ends_inside_one() -> None:
     assert media.pending(3) is media.spans[0] and media.pending(18) is media.spans[0]
     assert media.pending(19) is None
     assert [media.align(n) for n in (0, 3, 4, 18, 19, 26, 29)] == [0, 3, 3, 3, 19, 25, 29]
+
+
+def test_a_runner_without_projector_refuses_images() -> None:
+    params = GenerateParams(prompt="[img-0] hi", images=[b"\x89PNG"])
+    with pytest.raises(BadRequestError, match="no projector layer"):
+        admit(None, params, 1024)

@@ -45,7 +45,11 @@ log = logging.getLogger(__name__)
 
 IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
 MARKER = "<__corral_media_5c1f0e__>"
-NO_VISION = "this model has no vision projector, so it cannot read images"
+NO_VISION = (
+    "this model has no projector layer, so it cannot read images (a vision tower inside the model's own "
+    "GGUF, as in Ollama's newer library models, is not readable by llama.cpp: create the model from a "
+    "GGUF and its mmproj file)"
+)
 MROPE = (
     "this model's projector places images with M-RoPE positions (Qwen2-VL / Qwen2.5-VL family), "
     "which corral's batching loop does not support yet"

@@ -313,6 +313,7 @@ def _prompt_cache(args: argparse.Namespace, model: LlamaModel) -> SlotCache | No
         "flash_attn": args.flash_attn,
         "kv_unified": args.kv_unified,
         "lora": list(args.lora),
+        "mmproj": list(args.mmproj),  # image KV is keyed by image hash: the projector shapes it
     }
     return open_cache(
         model,
