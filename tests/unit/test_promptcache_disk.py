@@ -32,7 +32,7 @@ def test_entries_are_found_again_by_the_next_runner(tmp_path: Path) -> None:
     written(tmp_path, [(key(40), b"state-one" * 100), (key(50, 7), b"state-two" * 100)])
     again = pd.DiskTier.open(tmp_path, TAG, 1 << 30)
     assert sorted(again.keys()) == sorted([key(40), key(50, 7)])
-    assert again.read(key(40)) == b"state-one" * 100
+    assert again.read(key(40)) == bytearray(b"state-one" * 100)
     assert again.status()["entries"] == 2 and again.status()["damaged"] == 0
     assert not list(tmp_path.rglob("*.tmp"))
     again.close(5)
@@ -130,7 +130,7 @@ def test_a_full_disk_turns_the_tier_off_without_failing(
         disk.close(10)
     assert hit and disk.enabled is False and "disk is full" in caplog.text
     assert not list(tmp_path.rglob("*.kv*"))  # no partial file left
-    assert cache.get(key(40)) == b"s" * 1000  # memory still serves it
+    assert cache.get(key(40)) == bytearray(b"s" * 1000)  # memory still serves it
     cache.put(key(50, 1), bytearray(b"t" * 1000))  # and later saves do not try the disk
     assert cache.best(key(51, 1), 50) == (50, key(50, 1))
 
