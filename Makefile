@@ -57,9 +57,10 @@ system-deps:
 test: lint system-deps backend
 	$(BIN)/python -m pytest -q tests
 
-# The fast tier: lint + the unit and golden tests (no model runners, no servers of their own).
+# The fast tier: lint + the unit and golden tests (no model runners, no servers of their own), each
+# Hypothesis property on a tenth of its examples (tests/support.py `examples`); `make test` runs them all.
 check: lint
-	$(BIN)/python -m pytest -q tests/unit tests/golden
+	CORRAL_TEST_TIER=fast $(BIN)/python -m pytest -q -p no:schemathesis tests/unit tests/golden
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py

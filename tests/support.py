@@ -94,3 +94,12 @@ def running_server(home: Path, env: dict[str, str] | None = None) -> Iterator[Se
         yield server
     finally:
         server.stop()
+
+
+FAST_TIER = os.environ.get("CORRAL_TEST_TIER") == "fast"
+
+
+def examples(full: int) -> int:
+    """Hypothesis examples for a property: `full` in `make test`, a tenth (at least 10) in `make check`
+    (CORRAL_TEST_TIER=fast), which wants a smoke run of every property in seconds."""
+    return max(10, full // 10) if FAST_TIER else full

@@ -7,7 +7,7 @@ import time
 from importlib import resources
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.template.builtin import (
@@ -18,6 +18,7 @@ from corral.template.builtin import (
     levenshtein,
     reference_jinja,
 )
+from tests.support import examples
 from tests.unit.test_jinja import smollm2_chat_template
 
 NAMES = [
@@ -105,11 +106,13 @@ def test_small_edit_still_detects_and_unrelated_text_does_not() -> None:
     assert detect_template("") is None
 
 
+@settings(max_examples=examples(100))
 @given(st.text(alphabet="abc\u00e9", max_size=25), st.text(alphabet="abc\u00e9", max_size=25))
 def test_levenshtein_matches_naive_dp(a: str, b: str) -> None:
     assert levenshtein(a, b) == _naive_levenshtein(a, b)
 
 
+@settings(max_examples=examples(100))
 @given(st.text(alphabet="ab", max_size=30), st.text(alphabet="ab", max_size=30), st.integers(1, 10))
 def test_levenshtein_cutoff_never_hides_a_closer_match(a: str, b: str, cutoff: int) -> None:
     exact = _naive_levenshtein(a, b)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from corral.errors import GGUFError
 from corral.gguf import GGUFInfo, file_type_name, human_number, is_gguf, read_gguf
+from tests.support import examples
 
 
 def write_gguf(
@@ -283,7 +284,7 @@ def test_error_real_file_truncated(tmp_path: Path) -> None:
         _expect_error(tmp_path / "cut", "truncated")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_corruption_never_escapes_as_another_error(tmp_path: Path, data: st.DataObject) -> None:
     path = tmp_path / "base.gguf"

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from corral.errors import BadRequestError
 from corral.template.gotemplate import GoTemplate, TemplateError
+from tests.support import examples
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ _PIECES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_PIECES, max_size=30).map("".join))
 def test_any_text_parses_or_raises_template_error(text: str) -> None:
     try:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.errors import InvalidNameError
 from corral.names import ModelName
+from tests.support import examples
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,7 @@ def test_case_insensitive_identity() -> None:
     assert not ModelName.parse("llama3:8b").matches(ModelName.parse("llama3"))
 
 
+@settings(max_examples=examples(100))
 @given(st.text(max_size=60))
 def test_valid_names_are_safe_path_components(text: str) -> None:
     name = ModelName.try_parse(text)

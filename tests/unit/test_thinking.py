@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.toolcalls import ThinkingParser
+from tests.support import examples
 
 
 def run(pieces: list[str], *, opened: bool = False, tags: tuple[str, str] = ("<think>", "</think>")
@@ -71,7 +72,7 @@ TEXTS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(TEXTS, st.lists(st.integers(min_value=0, max_value=200), max_size=8), st.booleans())
 def test_any_split_equals_one_piece(text: str, cuts: list[int], opened: bool) -> None:
     whole = run([text], opened=opened)
@@ -79,7 +80,7 @@ def test_any_split_equals_one_piece(text: str, cuts: list[int], opened: bool) ->
     assert run(list(text), opened=opened) == whole
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=30).filter(lambda s: "</think>" not in s and s == s.strip()), st.text(max_size=30))
 def test_thinking_and_content_are_recovered(thought: str, answer: str) -> None:
     thinking, content = run([f"<think>{thought}</think>{answer}"])

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from corral.schemas.native import Tool, ToolCall
 from corral.toolcalls import ToolCallParser, balanced_end, closing_tag, list_tag_head, tool_call_id
+from tests.support import examples
 
 TOOLS = [
     Tool.model_validate({"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -175,7 +176,7 @@ STREAMS = st.sampled_from([
 ])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(STREAMS, st.lists(st.integers(min_value=0, max_value=200), max_size=10), st.sampled_from(["<tool_call>", SMOL]))
 def test_any_split_equals_one_piece(text: str, cuts: list[int], tag: str) -> None:
     points = sorted({c % (len(text) + 1) for c in cuts})
@@ -189,7 +190,7 @@ def test_any_split_equals_one_piece(text: str, cuts: list[int], tag: str) -> Non
     assert char_content == whole_content and simple(char_calls) == simple(whole_calls)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["get_weather", "add"]),
                           st.dictionaries(st.text("abc", min_size=1, max_size=3), st.integers())),
                 min_size=1, max_size=4),
