@@ -1,6 +1,7 @@
 """Per-request LoRA scales (llama-server's `lora` field), resolved against a model's ADAPTER layers.
 
-A generate or chat request (native or /v1) may carry, at the top level,
+A generate or chat request (native or /v1) may carry, at the top level or inside `options` (where
+Ollama's client libraries can put it),
 
     "lora": [{"id": 0, "scale": 0.5}, ...]        (llama-server's name and shape)
     "adapters": [{"name": "...", "scale": 0.5}]  (the same; "index" is accepted for "id")
@@ -31,16 +32,19 @@ def lora_field(extras: dict[str, Any]) -> dict[str, Any]:
     return {k: extras[k] for k in FIELDS if extras.get(k) is not None}
 
 
-def lora_scales(job: Job, extras: dict[str, Any] | None) -> tuple[float, ...] | None:
+def lora_scales(
+    job: Job, extras: dict[str, Any] | None, options: dict[str, Any] | None = None
+) -> tuple[float, ...] | None:
     """One scale per ADAPTER layer of `job`'s model, or None when the request sets none."""
-    given = [k for k in FIELDS if (extras or {}).get(k) is not None]
+    given = [(src, k) for src in (extras or {}, options or {}) for k in FIELDS if src.get(k) is not None]
     if not given:
         return None
     if len(given) > 1:
-        raise BadRequestError("use one of 'lora' and 'adapters', not both")
-    entries = (extras or {})[given[0]]
+        raise BadRequestError("set the LoRA scales once: one of 'lora' and 'adapters', top-level or in options")
+    src, name = given[0]
+    entries = src[name]
     if not isinstance(entries, list):
-        raise BadRequestError(f"'{given[0]}' must be an array of objects with 'id' (or 'name') and 'scale'")
+        raise BadRequestError(f"'{name}' must be an array of objects with 'id' (or 'name') and 'scale'")
     paths = list(job.model.adapters)
     if entries and not paths:
         raise BadRequestError("this model has no LoRA adapters (ADAPTER in its Modelfile) to scale")

@@ -114,7 +114,7 @@ def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, ima
         truncate=req.truncate is not False,
         shift=req.shift is not False,
         ignore_eos=req.ignore_eos,
-        lora=lora_scales(job, req.model_extra),
+        lora=lora_scales(job, req.model_extra, req.options),
     )
 
 

@@ -172,6 +172,8 @@ def test_lora_scales_reach_the_runner(env: Env) -> None:
     v1 = {"messages": [{"role": "user", "content": "hi"}], "lora": [{"id": 0, "scale": 0.75}]}
     assert generated_lora(env, "/v1/chat/completions", v1) == (0.75,)
     assert generated_lora(env, "/v1/completions", {"prompt": "hi", "lora": [{"id": 0, "scale": 1.5}]}) == (1.5,)
+    in_options = {**gen, "options": {"temperature": 0, "lora": [{"id": 0, "scale": 0.125}]}}  # Ollama's clients
+    assert generated_lora(env, "/api/generate", in_options) == (0.125,)
     assert len(env.engine.runners) == 1  # scales never reload the model
 
 
@@ -192,7 +194,10 @@ def test_lora_errors(env: Env, model: str, lora: Any, message: str) -> None:
     assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
-def test_lora_and_adapters_together_is_a_400(env: Env) -> None:
+def test_lora_scales_set_twice_are_a_400(env: Env) -> None:
     both = {"lora": [{"id": 0, "scale": 1}], "adapters": [{"id": 0, "scale": 1}]}
     r = env.post("/api/generate", {"model": "tuned", "prompt": "hi", "stream": False, **both})
-    assert r.status_code == 400 and "not both" in r.json()["error"]
+    assert r.status_code == 400 and "set the LoRA scales once" in r.json()["error"]
+    twice = {"lora": [{"id": 0, "scale": 1}], "options": {"lora": [{"id": 0, "scale": 0}]}}
+    r = env.post("/api/generate", {"model": "tuned", "prompt": "hi", "stream": False, **twice})
+    assert r.status_code == 400 and "set the LoRA scales once" in r.json()["error"]
