@@ -16,6 +16,7 @@ from prompt_toolkit.history import FileHistory, InMemoryHistory
 
 from corral.cli.answer import history_path, print_summary, stream_answer
 from corral.cli.format import render_show, table
+from corral.cli.images import user_message
 from corral.client import Client
 from corral.config import Settings
 from corral.errors import BadRequestError, CorralError
@@ -92,7 +93,11 @@ class Repl:
             self.turn(line)
 
     def turn(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
+        try:
+            self.messages.append(user_message(self.c, str(self.body["model"]), text))
+        except CorralError as exc:
+            self.say(f"Error: {exc.message}")
+            return
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         body = {k: v for k, v in self.body.items() if k != "prompt"} | {"messages": msgs}
         stream = self.c.chat(body)
@@ -201,4 +206,3 @@ def _tee(stream: Any, sink: list[str]) -> Any:
     for chunk in stream:
         sink.append(chunk.get("message", {}).get("content", ""))
         yield chunk
-

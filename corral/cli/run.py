@@ -19,6 +19,7 @@ from corral.cli.answer import print_summary, stream_answer
 from corral.cli.common import client, console, settings
 from corral.cli.common import err_console as err
 from corral.cli.format import human_bytes, human_time, table
+from corral.cli.images import user_message
 from corral.cli.progress import render_progress
 from corral.client import Client
 from corral.config import Settings
@@ -174,7 +175,9 @@ def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepal
 
             Repl(c, cfg, body, verbose=verbose, hide_thinking=hidethinking).loop()
             return
-        body["prompt"] = " ".join(parts)
+        msg = user_message(c, model, " ".join(parts))  # with the images it names, for a vision model
+        body["prompt"] = msg["content"]
+        body.update({"images": msg["images"]} if "images" in msg else {})
         final = stream_answer(c.generate(body), key="response", hide_thinking=hidethinking)
         sys.stdout.write("\n")
         sys.stdout.flush()

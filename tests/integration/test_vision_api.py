@@ -114,3 +114,14 @@ def test_raw_prompt_places_its_image(http: httpx.Client, vision: str) -> None:
     untagged = http.post("/api/generate", json={**body, "prompt": raw.replace("[img-0]", "")})
     assert untagged.status_code == 200  # a raw prompt without tags gets its images first
     assert untagged.json()["prompt_eval_count"] == r.json()["prompt_eval_count"]
+
+
+def test_cli_run_attaches_the_images_a_prompt_names(server: ServerProcess, http: httpx.Client, vision: str,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    image = tmp_path_factory.mktemp("pictures") / "red.png"
+    image.write_bytes(base64.b64decode(RED))
+    params = [arg for k, v in OPTIONS.items() for arg in ("--parameter", f"{k}={v}")]
+    res = server.cli("run", vision, f"{PROMPT} {image}", *params, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"Added image '{image}'" in res.stderr
+    assert res.stdout.strip() == str(generate(http, vision, [RED])["response"]).strip()
