@@ -71,3 +71,12 @@ def test_kv_is_reused_only_under_the_same_scales() -> None:
     assert lora.fit(sl.SlotPlan(slot=2, keep=0, copy_from=0, copy_len=7), zero) == sl.SlotPlan(
         slot=2, keep=0, copy_from=0, copy_len=7
     )
+
+
+def test_decodes_outside_select_wait_for_their_configuration() -> None:
+    lora = Recording(1)
+    seqs = [seq("a", (0.0,)), seq("b", None)]
+    assert [s.name for s in lora.runnable(seqs)] == ["b"]  # the loaded scales are set
+    lora.select([seqs[0]])
+    assert [s.name for s in lora.runnable(seqs)] == ["a"]
+    assert list(Recording(0).runnable(seqs)) == seqs

@@ -294,7 +294,7 @@ class BatchLoop:
     # --- one step -------------------------------------------------------------------------
     def step(self) -> None:
         if self.vision is not None:  # at most one image piece per step, between the steps
-            self.vision.decode_pending(self.active.values(), self._on_logits, self._fail)
+            self.vision.decode_pending(self.lora.runnable(self.active.values()), self._on_logits, self._fail)
         t0 = time.perf_counter()
         batch = self.model.batch
         batch.clear()

@@ -17,7 +17,7 @@ hooks on its own thread; with no adapters loaded they return their input unchang
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import llama_cpp as ll
@@ -89,6 +89,13 @@ class LoraScales:
         self._last = chosen
         self.apply(chosen)
         return groups[chosen]
+
+    def runnable(self, seqs: Iterable[S]) -> Iterable[S]:
+        """The sequences that may decode under the scales set now (for decodes outside `select`,
+        such as image pieces); the others wait until `select` gives their configuration a turn."""
+        if not self.adapters:
+            return seqs
+        return [s for s in seqs if self.key(s.params) == self.current]
 
     def fit(self, plan: sl.SlotPlan, params: GenerateParams) -> sl.SlotPlan:
         """`plan` without reuse of KV computed under other scales; records the slot's new scales.
