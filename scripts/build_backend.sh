@@ -14,6 +14,7 @@
 #   LLAMA_CPP_SDIST      the llama-cpp-python sdist (default: ~/.cache/corral-bench/..., else pip download)
 #   BUILD_JOBS           parallel compile jobs (default: nproc)
 #   BUILD_LLAMA_SERVER=1 also build llama-server into bin/ (the GPU benchmark compares against it)
+#   EXTRA_CMAKE_ARGS     more cmake arguments (e.g. -DCMAKE_CUDA_ARCHITECTURES=90 for one GPU generation)
 # Every variant has -DGGML_RPC=ON and bin/rpc-server (a worker for remote offload).
 set -euo pipefail
 VARIANT=${1:?usage: build_backend.sh vulkan|cuda|cpu-rpc|auto}
@@ -94,7 +95,7 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON -DGGML_RPC=ON "${FLAGS[@]}" \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER="$([ "${BUILD_LLAMA_SERVER:-0}" = 1 ] && echo ON || echo OFF)" \
-  -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN:$ORIGIN/../lib' >&2
+  -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON '-DCMAKE_INSTALL_RPATH=$ORIGIN:$ORIGIN/../lib' ${EXTRA_CMAKE_ARGS:-} >&2
 cmake --build "$BUILD" --target "${TARGETS[@]}" -j "$JOBS" >&2
 SECONDS_TAKEN=$(( $(date +%s) - START ))
 
