@@ -9,6 +9,13 @@ settings (2 threads, 8 parallel sequences, 2048 tokens of context per sequence) 
 written down in bench/RESULTS.md come from this script.
 
     .venv/bin/python bench/run_bench.py [--repeat 3] [--scenarios decode,multiturn,prefill]
+
+The `team` scenario (issue 13) is its own server shape: 4 parallel sequences of 4096 tokens, 16
+conversations of 6 turns at once (64 tokens per answer), so that conversations outnumber sequences
+and each turn's history must come back from a prompt cache (llama-server: its `--cache-ram`
+default; corral: CORRAL_CACHE_RAM default).
+
+    .venv/bin/python bench/run_bench.py --scenarios team
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ OUT = ROOT / "bench" / "out"
 PARALLEL = 8
 CTX_PER_SEQ = 2048
 THREADS = 2
+# scenario -> (parallel sequences, context per sequence); the others run with PARALLEL, CTX_PER_SEQ
+SHAPES = {"team": (4, 4096)}
 sys.path.insert(0, str(ROOT))
 
 
@@ -86,23 +95,25 @@ class Peak:
         return rss
 
 
-def start_llama_server(binary: str, port: int, model: Path, *, repack: bool = True) -> subprocess.Popen[bytes]:
-    cmd = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(PARALLEL),
-           "-c", str(PARALLEL * CTX_PER_SEQ), "-t", str(THREADS), "--no-webui"]
+def start_llama_server(binary: str, port: int, model: Path, *, repack: bool = True,
+                       shape: tuple[int, int] = (PARALLEL, CTX_PER_SEQ)) -> subprocess.Popen[bytes]:
+    cmd = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(shape[0]),
+           "-c", str(shape[0] * shape[1]), "-t", str(THREADS), "--no-webui"]
     if not repack:
         cmd.append("--no-repack")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def start_ready_llama_server(binary: str, port: int, model: Path) -> subprocess.Popen[bytes]:
+def start_ready_llama_server(binary: str, port: int, model: Path,
+                             shape: tuple[int, int] = (PARALLEL, CTX_PER_SEQ)) -> subprocess.Popen[bytes]:
     """llama-server, under the rule corral's engine follows: when the warm-up dies on an illegal
     instruction (a CPU that advertises AMX it cannot run, seen in VMs), run without repacking.
     BENCH_NO_REPACK=1 forces it (llama-server's warm-up can pass and a later batch still trap)."""
     if os.environ.get("BENCH_NO_REPACK"):
-        proc = start_llama_server(binary, port, model, repack=False)
+        proc = start_llama_server(binary, port, model, repack=False, shape=shape)
         wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
         return proc
-    proc = start_llama_server(binary, port, model)
+    proc = start_llama_server(binary, port, model, shape=shape)
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
         return proc
@@ -110,14 +121,14 @@ def start_ready_llama_server(binary: str, port: int, model: Path) -> subprocess.
         if proc.poll() != -signal.SIGILL:
             raise
     print("llama-server died on an illegal instruction: running it with --no-repack, as corral does", flush=True)
-    proc = start_llama_server(binary, port, model, repack=False)
+    proc = start_llama_server(binary, port, model, repack=False, shape=shape)
     wait_ready(f"http://127.0.0.1:{port}/health", proc=proc)
     return proc
 
 
-def start_corral(port: int, home: Path) -> subprocess.Popen[bytes]:
+def start_corral(port: int, home: Path, shape: tuple[int, int] = (PARALLEL, CTX_PER_SEQ)) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CORRAL_HOME": str(home), "CORRAL_HOST": f"127.0.0.1:{port}",
-           "CORRAL_NUM_PARALLEL": str(PARALLEL), "CORRAL_CONTEXT_LENGTH": str(CTX_PER_SEQ),
+           "CORRAL_NUM_PARALLEL": str(shape[0]), "CORRAL_CONTEXT_LENGTH": str(shape[1]),
            "CORRAL_NUM_THREAD": str(THREADS), "CORRAL_KEEP_ALIVE": "-1"}
     log = (home / "server.log").open("ab")
     return subprocess.Popen([sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=log,
@@ -144,6 +155,9 @@ def loadgen(url: str, model: str, scenario: str, label: str, repeat: int, offset
         cmd += ["--concurrency", "1", "--turns", "6"]
     elif scenario == "prefill":
         cmd += ["--concurrency", "1", "--requests-per-level", "3", "--max-tokens", "32"]
+    elif scenario == "team":  # issue 13: more conversations than sequences
+        cmd[cmd.index("--scenario") + 1] = "multiturn"
+        cmd += ["--concurrency", "16", "--turns", "6", "--max-tokens", "64", "--timeout", "900"]
     subprocess.run(cmd, check=False)
     return out
 
@@ -153,11 +167,12 @@ def run_server(kind: str, scenarios: list[str], repeat: int, binary: str, model:
     port = _free_port()
     home = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     started = time.monotonic()
+    shape = SHAPES.get(scenarios[0], (PARALLEL, CTX_PER_SEQ))
     if kind == "llama-server":
-        proc = start_ready_llama_server(binary, port, model)
+        proc = start_ready_llama_server(binary, port, model, shape)
         name = "smollm2"
     else:
-        proc = start_corral(port, home)
+        proc = start_corral(port, home, shape)
         wait_ready(f"http://127.0.0.1:{port}/")
         httpx.post(f"http://127.0.0.1:{port}/api/pull", json={"model": "smollm2:135m", "stream": False},
                    timeout=300, trust_env=False)
@@ -202,9 +217,12 @@ def main() -> None:
     model = smollm2()
     scenarios = args.scenarios.split(",")
     summary: dict[str, list[dict[str, object]]] = {"llama-server": [], "corral": []}
+    # scenarios with their own server shape (SHAPES) get servers of their own
+    groups = [[s for s in scenarios if s not in SHAPES]] + [[s] for s in scenarios if s in SHAPES]
     for rnd in range(args.rounds):
-        for kind in ("llama-server", "corral"):
-            summary[kind].append(run_server(kind, scenarios, args.repeat, binary, model, 1000 * (rnd + 1)))
+        for group in (g for g in groups if g):
+            for kind in ("llama-server", "corral"):
+                summary[kind].append(run_server(kind, group, args.repeat, binary, model, 1000 * (rnd + 1)))
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
     for scenario in scenarios:
         files = [str(OUT / f"{k}-{scenario}.json") for k in ("llama-server", "corral")]
