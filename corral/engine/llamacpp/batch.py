@@ -30,6 +30,7 @@ from .model import LlamaModel
 from .promptcache import SlotCache
 from .protocol import error_event, logprob_dict
 from .sampling import SeqSampler, token_logprob
+from .spec import SeqSpec, Speculator
 
 log = logging.getLogger(__name__)
 Emit = Callable[[dict[str, Any]], None]
@@ -57,6 +58,7 @@ class Sequence:
     next_token: int | None = None
     n_gen: int = 0
     t_first: float = 0.0
+    spec: SeqSpec | None = None  # drafting state (spec.py); None: no drafts
     media: md.MediaPrompt | None = None  # image spans of the prompt (media.py)
 
 
@@ -101,6 +103,7 @@ class BatchLoop:
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
         self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
+        self.spec = Speculator(model.seq_rm)  # speculative decoding (spec.py)
         self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
@@ -289,6 +292,7 @@ class BatchLoop:
             t_seated=time.perf_counter(),
             stop=StopMatcher(tuple(s for s in opts.stop if s)),
             media=getattr(tokens, "media", None),
+            spec=self.spec.for_request(opts.draft_num_predict),
         )
 
     # --- one step -------------------------------------------------------------------------
@@ -307,6 +311,7 @@ class BatchLoop:
         ordered = self.lora.select(ordered)  # one LoRA configuration per decode
         decoding = {id(q) for q in ordered if q.next_token is not None and (q.n_past < self.num_ctx or self._shift(q))}
         reserved = len(decoding)
+        reserved += self.spec.plan([q for q in ordered if id(q) in decoding], self.num_ctx, batch.capacity)
         width = 0
         for seq in ordered:
             if seq.next_token is not None:
@@ -315,7 +320,7 @@ class BatchLoop:
                 idx = batch.add_one(seq.next_token, seq.n_past, seq.slot.seq_id)
                 outs.append((seq, idx))
                 fed.append((seq, 1))
-                reserved -= 1
+                reserved -= 1 + self.spec.add(batch, seq)  # its draft tokens, if any
                 width += 1
                 continue
             budget = batch.capacity - batch.n - reserved
@@ -344,7 +349,10 @@ class BatchLoop:
             seq.slot.cached.extend(new)
             seq.n_past += n
         for seq, idx in outs:
-            self._on_logits(seq, idx)
+            if seq.spec is not None and seq.spec.draft:
+                self.spec.verify(seq, idx, self._on_logits, lambda q: q.rid in self.active)
+            else:
+                self._on_logits(seq, idx)
         self.stats.record(max(width, 1), time.perf_counter() - t0, td)
 
     def _decode_failed(self, rc: int, seqs: list[Sequence]) -> None:
@@ -441,5 +449,6 @@ class BatchLoop:
             "waiting": len(self.waiting),
             "num_ctx": self.num_ctx,
             "stats": self.stats.summary(),
+            "speculative": self.spec.status(),
             **({"prompt_cache": self.cache.status()} if self.cache is not None else {}),
         }

@@ -1,0 +1,241 @@
+"""Speculative decoding in the batching loop: draft tokens ride in the same `llama_decode` as every
+other sequence's next token, and the ones the model agrees with are emitted at once.
+
+Owns the n-gram drafter (the continuation of a sequence's latest tokens found earlier in its own
+prompt and output: an editor's "apply this change" answer repeats its prompt), acceptance tracking
+per sequence (drafts that keep failing back off exponentially, so plain chat pays almost nothing),
+the per-step budget (a draft costs more in a wide batch: with one KV stream per sequence llama.cpp
+evaluates the extra tokens of a sequence in an extra ubatch), and verification.
+
+Verification keeps output identical to plain decoding: the target model's own sampler samples at
+the next-token position and then at each drafted position in order, every sample is emitted
+through the loop's normal per-token path (stop strings, limits, logprobs), and a draft token only
+stands if it equals the sample. So each emitted token is sampled once, from logits computed on the
+same accepted prefix, with the sampler's state (penalties, grammar, RNG) advanced by exactly the
+emitted tokens: greedy and seeded sampling give the same text with or without drafts. Rejected
+draft positions are then removed from the sequence's KV cells.
+
+Does not build the batch's non-draft part, sample or emit: `batch.py` does, through the hooks below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .model import Batch
+
+NGRAM = 3  # length of the indexed n-grams (a lookup key)
+MAX_CANDIDATES = 8  # most recent earlier occurrences of the key compared per lookup
+MAX_MATCH = 48  # longest backward match measured (beyond it, a candidate is as good as it gets)
+FIRST_DRAFT = 8  # draft length of a sequence's first draft; doubles on full acceptance
+MIN_DRAFT = 4
+MAX_DRAFT = 64
+MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
+WIDE_MATCH = 8  # in a batch of several sequences, only drafts from a match this long (or after a
+# draft that was mostly accepted) are worth the extra ubatch they cost
+
+
+class NgramIndex:
+    """End positions of every `n`-token window of one growing token list (prompt + output).
+
+    `sync` indexes the tokens appended since the last call (a list that shrank, as after a
+    context shift, is indexed again from the start); `lookup` finds where the list's current
+    suffix occurred before and returns what followed it there.
+    """
+
+    def __init__(self, n: int = NGRAM) -> None:
+        self.n = n
+        self.ends: dict[tuple[int, ...], list[int]] = {}
+        self.upto = 0  # windows ending before this position are indexed
+        self._mark = -1  # tokens[upto - 1] when indexed: detects a list rewritten in place
+
+    def sync(self, tokens: Seq[int]) -> None:
+        if len(tokens) < self.upto or (self.upto and tokens[self.upto - 1] != self._mark):
+            self.ends.clear()
+            self.upto = 0
+        n, ends = self.n, self.ends
+        # a window ending at e is indexed once its continuation tokens[e] exists
+        for e in range(max(self.upto, n), len(tokens)):
+            key = tuple(tokens[e - n : e])
+            got = ends.get(key)
+            if got is None:
+                ends[key] = [e]
+            else:
+                got.append(e)
+        if len(tokens) > self.upto:
+            self.upto = len(tokens)
+            self._mark = tokens[-1]
+
+    def lookup(self, tokens: Seq[int], k: int) -> tuple[int, list[int]]:
+        """(match length, up to `k` draft tokens) continuing `tokens` as an earlier match did.
+
+        Of the latest occurrences of the last `n` tokens, the one whose match extends furthest
+        back wins (ties: the latest). A continuation that runs into the current suffix repeats
+        with the match's period (a loop continues). Drafts stop before negative ids (image
+        positions are not tokens).
+        """
+        size, n = len(tokens), self.n
+        if size < n or k <= 0:
+            return 0, []
+        cands = self.ends.get(tuple(tokens[size - n :]))
+        if not cands:
+            return 0, []
+        best_e, best_m = -1, 0
+        for e in reversed(cands[-MAX_CANDIDATES:]):
+            if e >= size:
+                continue
+            m = n
+            while m < MAX_MATCH and e - m - 1 >= 0 and tokens[e - m - 1] == tokens[size - m - 1]:
+                m += 1
+            if m > best_m:
+                best_e, best_m = e, m
+        draft: list[int] = []
+        for i in range(k):
+            j = best_e + i
+            t = tokens[j] if j < size else draft[j - size]
+            if t < 0:
+                break
+            draft.append(t)
+        return best_m, draft
+
+
+@dataclass
+class SeqSpec:
+    """One sequence's drafting state: its n-gram index, draft length and back-off."""
+
+    cap: int = MAX_DRAFT  # longest draft this request allows (draft_num_predict)
+    index: NgramIndex = field(default_factory=NgramIndex)
+    k: int = FIRST_DRAFT
+    skip: int = 0  # steps left before the next lookup
+    fails: int = 0  # consecutive drafts of which nothing was accepted
+    good: bool = False  # the last draft was mostly accepted
+    draft: list[int] = field(default_factory=list)  # in flight this step
+    n_drafts: int = 0
+    n_drafted: int = 0
+    n_accepted: int = 0
+
+    def propose(self, tokens: Seq[int], room: int, wide: bool) -> list[int]:
+        """A draft to verify after `tokens` (at most `room` tokens), or [] this step."""
+        self.index.sync(tokens)
+        if self.skip > 0:
+            self.skip -= 1
+            return []
+        m, draft = self.index.lookup(tokens, min(self.k, self.cap, room))
+        if wide and m < WIDE_MATCH and not self.good:
+            return []
+        return draft
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """Adapt to a verified draft: longer after full acceptance, back off after a miss."""
+        self.n_drafts += 1
+        self.n_drafted += drafted
+        self.n_accepted += accepted
+        self.good = 2 * accepted >= drafted
+        if accepted == 0:
+            self.fails += 1
+            self.skip = min(1 << self.fails, MAX_BACKOFF)
+            self.k = max(self.k // 2, MIN_DRAFT)
+            return
+        self.fails = 0
+        if accepted == drafted:
+            self.k = min(self.k * 2, MAX_DRAFT)
+        elif not self.good:
+            self.k = max(self.k // 2, MIN_DRAFT)
+
+
+class SpecSeq(Protocol):
+    """What speculation needs of a batching-loop sequence (`batch.Sequence`)."""
+
+    tokens: list[int]
+    n_past: int
+    limit: int
+    n_gen: int
+    spec: SeqSpec | None
+
+    @property
+    def slot(self) -> Any: ...
+
+
+class Speculator:
+    """The runner's drafting policy and counters (one per batching loop).
+
+    `seq_rm(seq_id, p0, p1)` removes KV cells of a sequence (the model's).
+    """
+
+    def __init__(self, seq_rm: Callable[[int, int, int], bool], *, enabled: bool = True, max_total: int = 256) -> None:
+        self.seq_rm = seq_rm
+        self.enabled = enabled
+        self.max_total = max_total  # draft tokens per step, all sequences together
+        self.drafts = 0
+        self.drafted = 0
+        self.accepted = 0
+
+    def for_request(self, draft_num_predict: int) -> SeqSpec | None:
+        """The drafting state of a new sequence: None when drafting is off (for the runner, or
+        for this request with a negative `draft_num_predict`); a positive value caps drafts."""
+        if not self.enabled or draft_num_predict < 0:
+            return None
+        cap = min(draft_num_predict, MAX_DRAFT) if draft_num_predict > 0 else MAX_DRAFT
+        return SeqSpec(cap=cap, k=min(FIRST_DRAFT, cap))
+
+    def plan(self, seqs: list[Any], num_ctx: int, capacity: int) -> int:
+        """Choose this step's drafts (`seq.spec.draft`) for the generating `seqs`; returns the
+        number of draft tokens chosen. A draft never reaches past the context, the sequence's
+        token limit, or the batch's room."""
+        budget = min(self.max_total, capacity - len(seqs))
+        wide = len(seqs) > 1
+        total = 0
+        for seq in seqs:
+            sp = seq.spec
+            if sp is None:
+                continue
+            if sp.draft:  # decoded but never verified (a failed decode): its cells may remain
+                self.seq_rm(seq.slot.seq_id, seq.n_past, -1)
+            room = min(num_ctx - 1 - seq.n_past, seq.limit - seq.n_gen - 1, budget - total)
+            sp.draft = sp.propose(seq.tokens, room, wide) if room > 0 else []
+            total += len(sp.draft)
+        return total
+
+    def verify(
+        self, seq: SpecSeq, idx: int, on_logits: Callable[[Any, int], None], alive: Callable[[Any], bool]
+    ) -> None:
+        """After the decode: emit the samples at `idx` (the next token's logits) and at each
+        following draft position while the sample equals the draft; keep the accepted drafts'
+        KV cells and drop the rest."""
+        sp = seq.spec
+        assert sp is not None
+        draft, sp.draft = sp.draft, []
+        accepted = 0
+        for j in range(len(draft) + 1):
+            on_logits(seq, idx + j)
+            if j == len(draft) or not alive(seq) or seq.tokens[-1] != draft[j]:
+                break
+            seq.slot.cached.append(draft[j])
+            seq.n_past += 1
+            accepted += 1
+        self.seq_rm(seq.slot.seq_id, seq.n_past, -1)
+        sp.record(len(draft), accepted)
+        self.drafts += 1
+        self.drafted += len(draft)
+        self.accepted += accepted
+
+    def add(self, batch: Batch, seq: SpecSeq) -> int:
+        """Append `seq`'s draft (if any) to `batch`, after its next token, every position with
+        logits; returns the number of draft tokens added."""
+        draft = seq.spec.draft if seq.spec is not None else []
+        n, k = batch.n, len(draft)
+        if k:
+            batch.token[n : n + k] = draft
+            batch.pos[n : n + k] = range(seq.n_past + 1, seq.n_past + 1 + k)
+            batch.seq[n : n + k] = seq.slot.seq_id
+            batch.logits[n : n + k] = 1
+            batch.n = n + k
+        return k
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "drafts": self.drafts, "drafted": self.drafted, "accepted": self.accepted}
+

@@ -1,0 +1,269 @@
+"""Speculative decoding without a model: the n-gram drafter, acceptance tracking and verification."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from corral.engine.llamacpp.spec import (
+    FIRST_DRAFT,
+    MAX_BACKOFF,
+    MAX_DRAFT,
+    MIN_DRAFT,
+    NgramIndex,
+    SeqSpec,
+    Speculator,
+)
+
+
+def lookup(tokens: list[int], k: int, n: int = 3) -> tuple[int, list[int]]:
+    idx = NgramIndex(n)
+    idx.sync(tokens)
+    return idx.lookup(tokens, k)
+
+
+def test_draft_continues_an_earlier_occurrence() -> None:
+    assert lookup([1, 2, 3, 4, 5, 6, 1, 2, 3], 3) == (3, [4, 5, 6])
+    assert lookup([1, 2, 3, 4, 5, 6, 1, 2, 3], 2) == (3, [4, 5])
+
+
+def test_no_match_no_draft() -> None:
+    assert lookup([1, 2, 3, 4, 5, 6, 7], 4) == (0, [])
+    assert lookup([1, 2], 4) == (0, [])
+    assert lookup([1, 2, 3, 4, 1, 2, 3], 0) == (0, [])
+
+
+def test_longest_backward_match_wins_over_the_latest() -> None:
+    # "1 2 3" follows 9 at the start and 8 later; the current suffix is "9 1 2 3"
+    tokens = [9, 1, 2, 3, 7, 8, 1, 2, 3, 5, 9, 1, 2, 3]
+    assert lookup(tokens, 1) == (4, [7])
+    # equal matches: the latest occurrence
+    tokens = [1, 2, 3, 7, 1, 2, 3, 5, 1, 2, 3]
+    assert lookup(tokens, 1) == (3, [5])
+
+
+def test_a_loop_keeps_its_period() -> None:
+    assert lookup([7, 8, 7, 8], 5, n=2) == (2, [7, 8, 7, 8, 7])
+    assert lookup([4, 1, 2, 3, 1, 2, 3], 7) == (3, [1, 2, 3, 1, 2, 3, 1])
+
+
+def test_drafts_stop_before_image_positions() -> None:
+    assert lookup([1, 2, 3, 4, -5, 6, 1, 2, 3], 4) == (3, [4])
+
+
+def test_index_grows_incrementally_and_rebuilds_after_a_shift() -> None:
+    idx = NgramIndex(3)
+    tokens = [1, 2, 3, 4]
+    idx.sync(tokens)
+    tokens += [5, 1, 2, 3]
+    idx.sync(tokens)
+    assert idx.lookup(tokens, 2) == (3, [4, 5])
+    shifted = [9, 1, 2, 3, 6, 1, 2, 3][1:]  # rewritten in place (context shift): shorter
+    idx.sync(shifted)
+    assert idx.lookup(shifted, 2) == (3, [6, 1])
+    same_len = [9, 9, 9, 9, 9, 1, 2]  # as long, but another token where the index ended
+    idx.sync(same_len)
+    assert idx.lookup(same_len, 2) == (0, [])
+
+
+def test_failed_drafts_back_off_exponentially_and_success_resets() -> None:
+    sp = SeqSpec()
+    tokens = [1, 2, 3, 4, 1, 2, 3]
+    waits = []
+    for _ in range(8):
+        assert sp.propose(tokens, 16, wide=False)
+        sp.record(len(sp.index.lookup(tokens, sp.k)[1]), 0)
+        n = 0
+        while not sp.propose(tokens, 16, wide=False):
+            n += 1
+        waits.append(n)
+        sp.skip = 0
+    assert waits[:6] == [2, 4, 8, 16, 32, 64]
+    assert max(waits) == MAX_BACKOFF
+    assert sp.k == MIN_DRAFT
+    sp.record(4, 4)
+    assert sp.fails == 0 and sp.skip == 0 and sp.k == 2 * MIN_DRAFT
+
+
+def test_draft_length_adapts_to_acceptance() -> None:
+    sp = SeqSpec()
+    assert sp.k == FIRST_DRAFT
+    for _ in range(10):
+        sp.record(sp.k, sp.k)
+    assert sp.k == MAX_DRAFT
+    sp.record(MAX_DRAFT, MAX_DRAFT - 1)  # mostly accepted: keep the length
+    assert sp.k == MAX_DRAFT and sp.good
+    sp.record(MAX_DRAFT, 3)  # mostly rejected: shorter
+    assert sp.k == MAX_DRAFT // 2 and not sp.good
+
+
+def test_wide_batches_draft_only_long_matches_or_proven_sequences() -> None:
+    tokens = [1, 2, 3, 4, 5, 1, 2, 3]  # a 3-token match
+    sp = SeqSpec()
+    assert sp.propose(tokens, 5, wide=False) == [4, 5, 1, 2, 3]
+    assert sp.propose(tokens, 5, wide=True) == []
+    sp.good = True
+    assert sp.propose(tokens, 5, wide=True) == [4, 5, 1, 2, 3]
+    long = list(range(10, 30)) + [7] + list(range(10, 30))  # a 20-token match
+    assert SeqSpec().propose(long, 4, wide=True) == [7, 10, 11, 12]
+
+
+@dataclass
+class FakeSlot:
+    seq_id: int = 3
+    cached: list[int] = field(default_factory=list)
+
+
+@dataclass
+class FakeSeq:
+    """A generating sequence after the step's decode fed its next token (tokens[-1])."""
+
+    tokens: list[int]
+    n_past: int
+    limit: int = 1000
+    n_gen: int = 0
+    spec: SeqSpec | None = None
+    slot: FakeSlot = field(default_factory=FakeSlot)
+    rid: int = 1
+
+
+class Loop:
+    """Stands in for BatchLoop: `samples[idx]` is what the sampler picks at batch index idx."""
+
+    def __init__(self, samples: dict[int, int], stop_at: int | None = None) -> None:
+        self.samples = samples
+        self.stop_at = stop_at
+        self.sampled: list[int] = []
+        self.finished = False
+        self.removed: list[tuple[int, int, int]] = []
+
+    def on_logits(self, seq: FakeSeq, idx: int) -> None:
+        assert not self.finished, "sampled after the sequence finished"
+        tok = self.samples[idx]
+        self.sampled.append(idx)
+        seq.n_gen += 1
+        if tok == self.stop_at:
+            self.finished = True
+            return
+        seq.tokens.append(tok)
+
+    def alive(self, seq: FakeSeq) -> bool:
+        return not self.finished
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        self.removed.append((seq, p0, p1))
+        return True
+
+
+def verified(samples: dict[int, int], draft: list[int], stop_at: int | None = None) -> tuple[FakeSeq, Loop, Speculator]:
+    loop = Loop(samples, stop_at)
+    spec = Speculator(loop.seq_rm)
+    seq = FakeSeq(tokens=[5, 6, 7], n_past=3, spec=SeqSpec())
+    seq.slot.cached = [5, 6, 7]
+    assert seq.spec is not None
+    seq.spec.draft = list(draft)
+    spec.verify(seq, 10, loop.on_logits, loop.alive)
+    return seq, loop, spec
+
+
+def test_verify_emits_the_agreeing_prefix_and_the_model_s_own_next_token() -> None:
+    seq, loop, spec = verified({10: 20, 11: 21, 12: 99, 13: 23}, [20, 21, 22])
+    assert loop.sampled == [10, 11, 12]  # one sample per emitted token, in order
+    assert seq.tokens == [5, 6, 7, 20, 21, 99]
+    assert seq.slot.cached == [5, 6, 7, 20, 21] and seq.n_past == 5  # accepted drafts stay in KV
+    assert loop.removed == [(3, 5, -1)]  # the rejected draft's cells go
+    assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2}
+    assert seq.spec is not None and seq.spec.draft == []
+
+
+def test_verify_all_accepted_adds_the_bonus_token() -> None:
+    seq, loop, spec = verified({10: 20, 11: 21, 12: 22}, [20, 21])
+    assert seq.tokens[-3:] == [20, 21, 22] and seq.n_past == 5
+    assert loop.removed == [(3, 5, -1)]
+    assert spec.accepted == 2
+
+
+def test_verify_first_token_rejected() -> None:
+    seq, loop, _ = verified({10: 30}, [20, 21])
+    assert loop.sampled == [10] and seq.tokens[-1] == 30 and seq.n_past == 3
+    assert loop.removed == [(3, 3, -1)]
+
+
+def test_verify_stops_when_the_sequence_finishes_inside_the_draft() -> None:
+    seq, loop, _ = verified({10: 20, 11: 2, 12: 22}, [20, 2, 22], stop_at=2)  # an end token, drafted too
+    assert loop.sampled == [10, 11]
+    assert seq.n_past == 4 and loop.removed == [(3, 4, -1)]
+
+
+def test_plan_respects_context_limit_and_batch_room() -> None:
+    tokens = [1, 2, 3] + list(range(10, 80)) + [1, 2, 3]
+    spec = Speculator(lambda s, a, b: True)
+
+    def seq(**kw: int) -> FakeSeq:
+        s = FakeSeq(tokens=list(tokens), n_past=len(tokens) - 1, spec=SeqSpec(k=MAX_DRAFT))
+        for k, v in kw.items():
+            setattr(s, k, v)
+        return s
+
+    a = seq()
+    assert spec.plan([a], num_ctx=4096, capacity=512) == MAX_DRAFT
+    b = seq(n_past=4096 - 6)
+    spec.plan([b], num_ctx=4096, capacity=512)
+    assert b.spec is not None and len(b.spec.draft) == 5  # positions stay below num_ctx
+    c = seq(n_gen=10, limit=14)
+    spec.plan([c], num_ctx=4096, capacity=512)
+    assert c.spec is not None and len(c.spec.draft) == 3  # never past num_predict
+    d, e = seq(), seq()
+    for s in (d, e):
+        assert s.spec is not None
+        s.spec.good = True  # proven sequences draft in a wide batch
+    assert spec.plan([d, e], num_ctx=4096, capacity=40) == 38  # the batch holds it all
+
+
+def test_plan_cleans_a_draft_that_was_never_verified() -> None:
+    removed: list[tuple[int, int, int]] = []
+    spec = Speculator(lambda s, a, b: removed.append((s, a, b)) or True)
+    s = FakeSeq(tokens=[1, 2, 3, 4, 1, 2, 3], n_past=6, spec=SeqSpec())
+    assert s.spec is not None
+    s.spec.draft = [4]
+    spec.plan([s], num_ctx=4096, capacity=512)
+    assert removed == [(3, 6, -1)]
+
+
+def test_requests_choose_their_drafting() -> None:
+    spec = Speculator(lambda s, a, b: True)
+    assert spec.for_request(-1) is None
+    got = spec.for_request(0)
+    assert got is not None and got.cap == MAX_DRAFT
+    got = spec.for_request(2)
+    assert got is not None and got.cap == 2 and got.k == 2
+    assert Speculator(lambda s, a, b: True, enabled=False).for_request(0) is None
+
+
+def test_add_puts_drafts_after_the_next_token_with_logits() -> None:
+    class B:
+        n = 1
+        token = np.zeros(16, dtype=np.int32)
+        pos = np.zeros(16, dtype=np.int32)
+        seq = np.zeros(16, dtype=np.int32)
+        logits = np.zeros(16, dtype=np.int8)
+
+    b = B()
+    s = FakeSeq(tokens=[1], n_past=7, spec=SeqSpec())
+    assert s.spec is not None
+    s.spec.draft = [4, 5]
+    assert Speculator(lambda *a: True).add(b, s) == 2  # type: ignore[arg-type]
+    assert b.n == 3
+    assert list(b.token[1:3]) == [4, 5] and list(b.pos[1:3]) == [8, 9]
+    assert list(b.seq[1:3]) == [3, 3] and list(b.logits[1:3]) == [1, 1]
+
+
+@pytest.mark.parametrize("n", [100, 5000])
+def test_lookup_cost_is_bounded(n: int) -> None:
+    tokens = [7] * n  # the worst case: every window is the same key
+    idx = NgramIndex(3)
+    idx.sync(tokens)
+    m, draft = idx.lookup(tokens, 8)
+    assert draft == [7] * 8 and m <= 48
