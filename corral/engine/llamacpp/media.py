@@ -246,10 +246,11 @@ class Vision:
         if self.mrope:
             raise BadRequestError(MROPE)
         text, order = place_images(prompt, len(images))
-        bitmaps = [self._bitmap(images[i], i) for i in order]
         chunks = mt.mtmd_input_chunks_init()
         media = MediaPrompt(chunks=chunks)
+        bitmaps: list[Any] = []
         try:
+            bitmaps.extend(self._bitmap(images[i], i) for i in order)
             data = text.encode()
             inp = new(mt.mtmd_input_text, text=data, text_len=len(data), add_special=add_special, parse_special=True)
             arr = (mt.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
