@@ -59,12 +59,13 @@ class GpuParams:
 class LoadLog:
     """Forward llama.cpp/ggml log lines to stderr and collect the buffer sizes they report."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, install: bool = True) -> None:
         self.buffers: dict[str, int] = {}
         self.offloaded: tuple[int, int] | None = None
         self._partial = ""
         self._callback = ll.llama_log_callback(self._on_log)
-        ll.llama_log_set(self._callback, ctypes.c_void_p(0))
+        if install:
+            ll.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def _on_log(self, level: int, text: bytes, user_data: Any) -> None:
         chunk = text.decode("utf-8", errors="replace")

@@ -247,8 +247,9 @@ class LlamaCppRunner:
 
     @property
     def memory_bytes(self) -> int:
-        if self.vram_bytes > 0:  # what llama.cpp allocated (device memory may be host memory too)
-            return int(self.info["offload"].get("host_bytes", 0)) + self.vram_bytes
+        device = sum(self.device_bytes.values()) if self.info else 0
+        if device > 0:  # what llama.cpp allocated (a device's memory may be host memory too)
+            return int((self.info.get("offload") or {}).get("host_bytes", 0)) + device
         try:
             return int(psutil.Process(self.pid).memory_info().rss)
         except psutil.Error:
@@ -264,7 +265,12 @@ class LlamaCppRunner:
 
     @property
     def vram_bytes(self) -> int:
-        return sum(self.device_bytes.values()) if self.info else 0
+        """`/api/ps` `size_vram`: the device buffers; all of `memory_bytes` when every layer is
+        offloaded (llama.cpp keeps the token embeddings in host memory even then: 100% GPU)."""
+        device = sum(self.device_bytes.values()) if self.info else 0
+        offload = self.info.get("offload") or {}
+        layers, total = int(offload.get("layers", 0)), int(offload.get("total_layers", 0))
+        return self.memory_bytes if device and total and layers >= total else device
 
     async def _pump_stderr(self) -> None:
         assert self.proc.stderr is not None
