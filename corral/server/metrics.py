@@ -153,12 +153,14 @@ class ServerMetrics:
             return entry.ref.name, int(getattr(entry.runner, "pid", 0)), dict(got.get("prompt_cache") or {})
 
         results = await asyncio.gather(*(one(e) for e in entries), return_exceptions=True)
+        seen = self._cache_seen
+        self._cache_seen = {}  # runners gone since the last scrape are forgotten
         for res in results:
             if isinstance(res, BaseException) or not res[2]:
                 continue  # a runner that is busy dying, or without a prompt cache
-            self._observe_cache(*res)
+            self._observe_cache(*res, seen.get((res[0], res[1]), (0, 0)))
 
-    def _observe_cache(self, model: str, pid: int, pc: dict[str, Any]) -> None:
+    def _observe_cache(self, model: str, pid: int, pc: dict[str, Any], last: tuple[int, int] = (0, 0)) -> None:
         disk = pc.get("disk") or {}
         self.cache_entries.labels(model=model, tier="ram").set(int(pc.get("entries", 0)))
         self.cache_bytes.labels(model=model, tier="ram").set(int(pc.get("bytes", 0)))
@@ -166,7 +168,7 @@ class ServerMetrics:
             self.cache_entries.labels(model=model, tier="disk").set(int(disk.get("entries", 0)))
             self.cache_bytes.labels(model=model, tier="disk").set(int(disk.get("bytes", 0)))
         hits, saved = int(pc.get("hits", 0)), int(pc.get("tokens_saved", 0))
-        last_hits, last_saved = self._cache_seen.get((model, pid), (0, 0))
+        last_hits, last_saved = last
         self.cache_hits.labels(model=model).inc(max(hits - last_hits, 0))
         self.cache_saved.labels(model=model).inc(max(saved - last_saved, 0))
         self._cache_seen[(model, pid)] = (hits, saved)
