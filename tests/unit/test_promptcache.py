@@ -185,3 +185,27 @@ def test_nothing_to_restore_leaves_an_empty_slot(n: int) -> None:
     model.kv[0] = [1] * n
     assert cache.restore(slot, list(range(20))) == 0
     assert slot.cached == [] and 0 not in model.kv
+
+
+def test_slots_are_saved_at_stop_only_for_the_disk_tier() -> None:
+    cache, model = slot_cache()
+    slots = [sl.Slot(0, cached=list(range(40))), sl.Slot(1, cached=list(range(50, 90)))]
+    model.kv = {s.seq_id: list(s.cached) for s in slots}
+    cache.save_all(slots)  # memory only: it ends with the runner, nothing to copy
+    assert model.calls == []
+
+    class Disk:
+        def __init__(self) -> None:
+            self.enabled = True
+            self.written: list[bytes] = []
+
+        def keys(self) -> list[bytes]:
+            return []
+
+        def write(self, key: bytes, data: bytearray) -> None:
+            self.written.append(key)
+
+    disk = Disk()
+    cache.cache.disk = disk  # type: ignore[assignment]
+    cache.save_all(slots)
+    assert model.calls == ["save", "save"] and disk.written == [token_key(s.cached) for s in slots]

@@ -248,7 +248,9 @@ class SlotCache:
         return n
 
     def save_all(self, slots: list[sl.Slot]) -> None:
-        """At stop: keep every slot's state (the disk tier makes them outlive the runner)."""
+        """At stop: keep every slot's state on the disk tier (memory alone dies with the runner)."""
+        if self.cache.disk is None or not self.cache.disk.enabled:
+            return
         for slot in slots:
             self.save(slot)
 
