@@ -136,6 +136,10 @@ class Runner(Protocol):
 
     async def detokenize(self, tokens: list[int]) -> str: ...
 
+    async def pieces(self, tokens: list[int]) -> list[bytes]:
+        """The bytes of each token's text (special tokens included), for llama-server's `with_pieces`."""
+        ...
+
     async def close(self, timeout: float = 5.0) -> None:
         """Stop: open streams end with an error; a process not gone within `timeout` s is killed."""
         ...

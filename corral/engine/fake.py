@@ -71,6 +71,9 @@ class ScriptedRunner:
     async def detokenize(self, tokens: list[int]) -> str:
         return " ".join("x" * t for t in tokens)
 
+    async def pieces(self, tokens: list[int]) -> list[bytes]:
+        return [b"\xc3" if t == 5 else b"x" * t for t in tokens]  # 5: half of a UTF-8 character
+
     async def close(self, timeout: float = 5.0) -> None:
         self.closed = True
 

@@ -1,7 +1,9 @@
 """`POST /api/tokenize` and `POST /api/detokenize`, with llama-server's shapes (corral extensions).
 
-    /api/tokenize    {"model", "content" (or "prompt"), "add_special"?: false, "parse_special"?: true}
-                     -> {"tokens": [int, ...]}
+    /api/tokenize    {"model", "content" (or "prompt"), "add_special"?: false, "parse_special"?: true,
+                      "with_pieces"?: false}
+                     -> {"tokens": [int, ...]}, or with pieces {"tokens": [{"id", "piece"}, ...]}
+                        (a piece is the token's text, or its bytes when they are not valid UTF-8)
     /api/detokenize  {"model", "tokens": [int, ...]} -> {"content": str}
 
 The model is loaded like for any inference request (same options and keep_alive rules). Token
@@ -32,9 +34,15 @@ def tokenize_text(req: TokenizeRequest) -> str:
         raise BadRequestError("'content' is required")
     if not isinstance(text, str):
         raise BadRequestError("'content' must be a string")
-    if req.with_pieces:
-        raise BadRequestError("with_pieces is not supported: use /api/detokenize on the token ids")
     return text
+
+
+def piece_value(piece: bytes) -> str | list[int]:
+    """llama-server's piece: the text when it is valid UTF-8, else the byte values."""
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)
 
 
 @router.post("/api/tokenize")
@@ -47,7 +55,10 @@ async def _tokenize(ctx: AppContext, req: TokenizeRequest) -> dict[str, Any]:
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, _load_ns):
         tokens = await runner.tokenize(text, add_special=req.add_special, parse_special=req.parse_special)
-    return {"tokens": tokens}
+        if not req.with_pieces:
+            return {"tokens": tokens}
+        pieces = await runner.pieces(tokens)
+    return {"tokens": [{"id": t, "piece": piece_value(p)} for t, p in zip(tokens, pieces, strict=True)]}
 
 
 @router.post("/api/detokenize")

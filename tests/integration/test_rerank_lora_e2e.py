@@ -5,6 +5,7 @@ independent numpy MiniLM; the LoRA is a generated rank-8 adapter on SmolLM2's at
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -60,6 +61,14 @@ def test_tokenize_and_detokenize(http: httpx.Client) -> None:
     assert len(http.post("/api/tokenize", json=marker).json()["tokens"]) == 1
     assert len(http.post("/api/tokenize", json={**marker, "parse_special": False}).json()["tokens"]) > 1
 
+    emoji = "naïve 😀 text"
+    pieces = http.post("/api/tokenize", json={"model": "smollm2:135m", "content": emoji, "with_pieces": True})
+    items = pieces.json()["tokens"]
+    ids = http.post("/api/tokenize", json={"model": "smollm2:135m", "content": emoji}).json()["tokens"]
+    assert [x["id"] for x in items] == ids
+    joined = b"".join(x["piece"].encode() if isinstance(x["piece"], str) else bytes(x["piece"]) for x in items)
+    assert joined == emoji.encode()
+
     bad = http.post("/api/detokenize", json={"model": "smollm2:135m", "tokens": [10**9]})
     assert bad.status_code == 400 and "invalid token id 1000000000" in bad.json()["error"]
     missing = http.post("/api/tokenize", json={"model": "no-such-model", "content": "x"})
@@ -107,7 +116,7 @@ def test_rerank_orders_documents_as_the_reference(http: httpx.Client, reranker: 
         assert abs(x["relevance_score"] - ref[x["index"]]) < 0.02, (x, ref)
         assert x["document"] == {"text": DOCS[x["index"]]}
     # the order is the reference's wherever the reference separates two documents clearly
-    for a, b in zip(results, results[1:], strict=False):
+    for a, b in itertools.pairwise(results):
         assert ref[a["index"]] > ref[b["index"]] - 0.04
     assert max(ref) - min(ref) > 0.2  # the fixture separates its documents
     assert body["usage"]["prompt_tokens"] > len(DOCS) * 4

@@ -94,6 +94,8 @@ def test_tokenize_and_detokenize(env: Env) -> None:
     r = env.post("/api/detokenize", {"model": "tiny", "tokens": [2, 1]})
     assert r.status_code == 200 and r.json() == {"content": "xx x"}
     assert env.post("/api/detokenize", {"model": "tiny", "tokens": []}).json() == {"content": ""}
+    pieces = env.post("/api/tokenize", {"model": "tiny", "content": "ab abcde", "with_pieces": True})
+    assert pieces.json() == {"tokens": [{"id": 2, "piece": "xx"}, {"id": 5, "piece": [0xC3]}]}
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,6 @@ def test_tokenize_and_detokenize(env: Env) -> None:
         ("/api/tokenize", {"model": "nope", "content": "a"}, 404, "model 'nope' not found"),
         ("/api/tokenize", {"model": "tiny"}, 400, "'content' is required"),
         ("/api/tokenize", {"model": "tiny", "content": 5}, 400, "'content' must be a string"),
-        ("/api/tokenize", {"model": "tiny", "content": "a", "with_pieces": True}, 400, "with_pieces is not supported"),
         ("/api/detokenize", {"model": "nope", "tokens": [1]}, 404, "model 'nope' not found"),
         ("/api/detokenize", {"model": "tiny", "tokens": ["x"]}, 400, "tokens"),
     ],

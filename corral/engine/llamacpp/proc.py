@@ -10,6 +10,7 @@ scheduler decides when to load and close.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -388,6 +389,9 @@ class LlamaCppRunner:
 
     async def detokenize(self, tokens: list[int]) -> str:
         return str((await self._request({"op": "detokenize", "tokens": tokens}))["text"])
+
+    async def pieces(self, tokens: list[int]) -> list[bytes]:
+        return [base64.b64decode(p) for p in (await self._request({"op": "pieces", "tokens": tokens}))["pieces"]]
 
     async def status(self) -> dict[str, Any]:
         return await self._request({"op": "status"})

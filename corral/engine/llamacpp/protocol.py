@@ -1,7 +1,7 @@
 """The wire protocol between a runner process and its parent (newline-delimited JSON).
 
 One Unix-socket connection per request; closing it cancels the request. The first line a client
-sends is the request, `{"op": <op>, ...}` with op one of generate, embed, rerank, tokenize, detokenize,
+sends is the request, `{"op": <op>, ...}` with op one of generate, embed, rerank, tokenize, detokenize, pieces,
 status, health, shutdown. A generate request streams `{"text", "logprobs"?}` events and ends with
 `{"done": true, "done_reason", "metrics"}`; other ops answer with one JSON object. Any failure is
 `{"error": {"status", "message"}}`. This module owns the encoding of requests/events to and from
@@ -24,7 +24,7 @@ from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob, Top
 from corral.errors import CorralError, PayloadTooLargeError, error_from_status
 from corral.schemas.options import SampleOptions
 
-OPS = frozenset({"generate", "embed", "rerank", "tokenize", "detokenize", "status", "health", "shutdown"})
+OPS = frozenset({"generate", "embed", "rerank", "tokenize", "detokenize", "pieces", "status", "health", "shutdown"})
 MAX_LINE = 1024 * 1024 * 1024
 
 

@@ -10,6 +10,7 @@ The pair is laid out by the model's `rerank` template when its GGUF has one
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import llama_cpp as ll
@@ -71,6 +72,12 @@ def tokenize_text(model: LlamaModel, text: str, *, add_special: bool, parse_spec
         buf = (ll.llama_token * cap)()
         n = ll.llama_tokenize(model.vocab, data, len(data), buf, cap, add_special, parse_special)
     return list(buf[:n])
+
+
+def token_pieces(model: LlamaModel, tokens: list[int]) -> list[str]:
+    """Each token's bytes (special tokens as their text), base64 for the runner protocol."""
+    model.check_tokens(tokens)
+    return [base64.b64encode(model.piece(t, special=True)).decode() for t in tokens]
 
 
 def _score(model: LlamaModel, tokens: list[int]) -> float:

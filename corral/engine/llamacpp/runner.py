@@ -31,7 +31,7 @@ from .batch import UNLOADED, BatchLoop
 from .media import open_vision
 from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
-from .rerank import RANK_NO_EMBED, is_rank, rerank, tokenize_text
+from .rerank import RANK_NO_EMBED, is_rank, rerank, token_pieces, tokenize_text
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
@@ -149,6 +149,8 @@ class RunnerServer:
             return lambda: rerank(m, str(req.get("query", "")), docs, self.num_ctx)
         if op == "detokenize":
             return lambda: {"text": m.detokenize(list(req.get("tokens") or []))}
+        if op == "pieces":
+            return lambda: {"pieces": token_pieces(m, list(req.get("tokens") or []))}
         if op == "status":
             return self.batch.status
         return lambda: self._embed([str(x) for x in req.get("inputs", [])], bool(req.get("truncate", True)))
