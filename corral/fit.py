@@ -5,7 +5,8 @@ layer, KV bytes per token per layer, from the GGUF header) and a table of `Devic
 each may still use. `fit` returns a `Placement`: `n_gpu_layers` for llama.cpp, the split between
 devices and the bytes it expects on each. It assigns layers exactly as llama.cpp's
 `llama_model::load_tensors` does (the last `n_gpu_layers` of the `n_layer + 1` layers, the output
-layer last, each device taking a contiguous run in proportion to its split), so the bytes it
+layer being the last, so the first offloaded; each device taking a contiguous run in proportion to
+its split), so the bytes it
 predicts per device are the bytes llama.cpp will allocate, plus an estimate of the compute buffers.
 
 `num_gpu < 0` (the default) offloads as many layers as fit; `num_gpu = N` offloads N layers (999 =
@@ -210,8 +211,9 @@ def _bytes_for(layout: Layout, req: FitRequest, devices: Sequence[Device], split
     per_kv = KV_ELEMENT_BYTES.get(req.kv_cache_type, 2.0)
     dev_bytes = [0] * len(devices)
     dev_layers = [0] * len(devices)
-    host = layout.input_bytes + compute_bytes(layout, req, output=n < total)
-    for il, where in enumerate(assign_layers(n, total, split)):
+    places = assign_layers(n, total, split)  # the output layer is the last: offloaded first
+    host = layout.input_bytes + compute_bytes(layout, req, output=places[-1] < 0)
+    for il, where in enumerate(places):
         size = layout.output_bytes if il == layout.n_layer else (
             layout.layer_bytes[il] + int(layout.kv_elements[il] * req.n_ctx * per_kv))
         if where < 0:
@@ -221,7 +223,7 @@ def _bytes_for(layout: Layout, req: FitRequest, devices: Sequence[Device], split
             dev_layers[where] += 1
     for j in range(len(devices)):
         if dev_layers[j]:
-            dev_bytes[j] += compute_bytes(layout, req, output=n >= total and j == len(devices) - 1)
+            dev_bytes[j] += compute_bytes(layout, req, output=places[-1] == j)
     return dev_bytes, dev_layers, host
 
 

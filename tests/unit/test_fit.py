@@ -133,3 +133,10 @@ def test_layout_of_smollm2_from_its_gguf() -> None:
     assert layout.output_bytes == 576 * 49152 // 32 * 34 + 576 * 4
     assert layout.kv_elements[0] == 3 * (64 + 64)
     assert layout.weight_bytes - layout.output_bytes + 576 * 4 == pytest.approx(Path(found[0]).stat().st_size, rel=0.02)
+
+
+def test_the_output_layer_is_offloaded_first_as_llama_cpp_does() -> None:
+    one = fit(SEVEN_B, [gpu(0, 80)], FitRequest(n_ctx=4096, num_gpu=1))
+    on_device = dict(one.device_bytes)["CUDA0"]
+    assert on_device >= SEVEN_B.output_bytes + 32000 * 512 * 4  # the output head and the logits buffer
+    assert on_device < SEVEN_B.output_bytes + 200 * MiB  # and no repeating layer
