@@ -80,3 +80,11 @@ def test_decodes_outside_select_wait_for_their_configuration() -> None:
     lora.select([seqs[0]])
     assert [s.name for s in lora.runnable(seqs)] == ["a"]
     assert list(Recording(0).runnable(seqs)) == seqs
+
+
+@pytest.mark.parametrize("lora", [None, (0.0, 0.5)])
+def test_scales_cross_the_runner_protocol(lora: tuple[float, ...] | None) -> None:
+    from corral.engine.llamacpp import protocol as proto
+
+    req = proto.decode(proto.encode(proto.generate_request(GenerateParams(prompt="x", lora=lora))))
+    assert proto.parse_generate(req).lora == lora
