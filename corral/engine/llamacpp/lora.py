@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 import llama_cpp as ll
 
 from corral.engine.base import GenerateParams
-from corral.errors import BadRequestError
+from corral.errors import BadRequestError, CorralError
 
 from . import slots as sl
 
@@ -68,7 +68,7 @@ class LoraScales:
         vals = (ctypes.c_float * n)(*scales)
         rc = ll.llama_set_adapters_lora(self.ctx, arr, n, vals)
         if rc != 0:
-            raise BadRequestError(f"llama.cpp refused the LoRA scales {list(scales)} (status {rc})")
+            raise CorralError(f"llama.cpp refused the LoRA scales {list(scales)} (status {rc})")
         self.current = scales
 
     # --- batching-loop hooks -----------------------------------------------------------------
