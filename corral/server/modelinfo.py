@@ -14,6 +14,7 @@ from corral.gguf import GGUFInfo
 from corral.modelfile import format_parameters, render_show_modelfile
 from corral.schemas.native import ListModel, Message, ModelDetails, ShowResponse
 from corral.server.context import AppContext
+from corral.server.vision import projector_info
 from corral.store.store import Model as StoredModel
 from corral.store.store import ModelEntry
 from corral.template.prompt import infer_thinking_tags, parse_template
@@ -102,6 +103,7 @@ def show_response(
         license=model.license,
         messages=messages,
         adapters=[str(p) for p in model.adapters],
+        projectors=[str(p) for p in model.projectors],
     )
     details = model_details(model)
     model_info: dict[str, Any] = info.model_info(verbose=verbose) if info is not None else {}
@@ -119,6 +121,7 @@ def show_response(
         details=details,
         messages=[Message(role=m["role"], content=m["content"]) for m in messages] or None,
         model_info=model_info,
+        projector_info=projector_info(model.projectors, verbose),
         tensors=tensors,
         capabilities=capabilities(model, info),
         modified_at=model.modified_at,

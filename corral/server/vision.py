@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from corral.errors import BadRequestError
+from corral.errors import BadRequestError, CorralError
+from corral.gguf import read_gguf
 from corral.schemas.native import Message
 
 IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
@@ -83,3 +85,13 @@ def placed(prompt: str, images: list[bytes]) -> tuple[str, list[bytes]]:
         return f"[img-{numbers[i]}]"
 
     return IMAGE_TAG.sub(renumber, prompt), kept
+
+
+def projector_info(projectors: list[Path], verbose: bool) -> dict[str, Any] | None:
+    """`/api/show` `projector_info`: the first projector's GGUF metadata, like `model_info`."""
+    if not projectors:
+        return None
+    try:
+        return read_gguf(projectors[0]).model_info(verbose=verbose)
+    except (CorralError, OSError):
+        return None
