@@ -16,7 +16,7 @@ from corral.store.bundled import library_layers
 from corral.store.media import TEMPLATE
 from corral.template.prompt import infer_tool_call_tag, render_chat
 from corral.toolcalls import ToolCallParser
-from tests.golden.test_templates_golden import ASSISTANT, CALL, RESULT, SYSTEM, USER_1, USER_2, WEATHER
+from tests.golden.conversation import ASSISTANT, CALL, RESULT, SYSTEM, USER_1, USER_2, WEATHER
 
 GOLDEN = pathlib.Path(__file__).parent / "library"
 

@@ -12,47 +12,12 @@ import pathlib
 
 import pytest
 
-from corral.schemas.native import Message, Tool, ToolCall, ToolCallFunction, ToolFunction
+from corral.schemas.native import Message, Tool
 from corral.template.builtin import builtin_templates, get_builtin
 from corral.template.prompt import render_chat
+from tests.golden.conversation import ASSISTANT, CALL, RESULT, SYSTEM, USER_1, USER_2, WEATHER
 
 GOLDEN = pathlib.Path(__file__).parent / "templates"
-
-SYSTEM = Message(role="system", content="You are a helpful assistant.")
-USER_1 = Message(role="user", content="Hello, how are you?")
-ASSISTANT = Message(role="assistant", content="I'm doing great. How can I help you today?")
-USER_2 = Message(role="user", content="I'd like to show off how chat templating works!")
-
-WEATHER = Tool(
-    function=ToolFunction(
-        name="get_weather",
-        description="Get current weather information for a location",
-        parameters={
-            "type": "object",
-            "required": ["location"],
-            "properties": {
-                "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
-                "unit": {
-                    "type": "string",
-                    "enum": ["celsius", "fahrenheit"],
-                    "description": "The unit of temperature to use",
-                },
-            },
-        },
-    )
-)
-CALL = Message(
-    role="assistant",
-    content="",
-    tool_calls=[
-        ToolCall(function=ToolCallFunction(name="get_weather", arguments={"location": "San Francisco, CA"}))
-    ],
-)
-RESULT = Message(
-    role="tool",
-    content='{"temperature": 22, "condition": "Sunny", "humidity": 45, "wind_speed": 10}',
-    tool_name="get_weather",
-)
 
 CASES: dict[str, tuple[list[Message], list[Tool] | None]] = {
     "user": ([USER_1], None),

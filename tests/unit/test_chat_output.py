@@ -4,8 +4,6 @@ in-process over the scripted engine (what the engine is asked, and what the clie
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from corral.engine.base import Chunk, GenerateParams, LoadSpec
-from corral.engine.fake import ScriptedEngine, ScriptedRunner
-from tests.unit.test_server_native import Env, lines, make_model, run
+from tests.appenv import Env, RecordingEngine, last_params, lines, make_model, run
 
 TOOLS_TEMPLATE = (
     "{{ if .Tools }}TOOLS {{ json .Tools }}\n{{ end }}"
@@ -31,38 +27,12 @@ WEATHER: dict[str, Any] = {"type": "function", "function": {"name": "get_weather
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
-@dataclass
-class RecordingRunner(ScriptedRunner):
-    params: list[GenerateParams] = field(default_factory=list)
-
-    async def generate(self, params: GenerateParams) -> AsyncIterator[Chunk]:
-        self.params.append(params)
-        async for chunk in super().generate(params):
-            yield chunk
-
-
-@dataclass
-class RecordingEngine(ScriptedEngine):
-    async def load(self, spec: LoadSpec) -> ScriptedRunner:
-        runner = RecordingRunner(spec, list(self.words), self.delay, self.estimate(spec))
-        self.runners.append(runner)
-        return runner
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
-    e = Env(tmp_path)
-    e.engine = RecordingEngine()
-    e.scheduler.engine = e.engine
+    e = Env(tmp_path, engine=RecordingEngine())
     make_model(e.store, tmp_path, "tooly", template=TOOLS_TEMPLATE)
     make_model(e.store, tmp_path, "thinky", template=THINK_TEMPLATE)
     return e
-
-
-def params(env: Env) -> GenerateParams:
-    runner = env.engine.runners[-1]
-    assert isinstance(runner, RecordingRunner)
-    return runner.params[-1]
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
@@ -88,7 +58,7 @@ def test_tool_calls_parsed_from_split_tokens(env: Env) -> None:
         assert body["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
         assert body["done_reason"] == "stop"
         assert 'TOOLS [{"type":"function"' in env.engine.runners[0].prompts[0]
-        assert params(env).grammar is None
+        assert last_params(env).grammar is None
     run(main())
 
 
@@ -113,17 +83,17 @@ def test_tool_choice_required_named_and_none(env: Env) -> None:
             r = await c.post("/api/chat", json=chat("tooly", tools=[WEATHER, other], tool_choice="required",
                                                     stream=False))
             assert r.json()["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
-            grammar = params(env).grammar
+            grammar = last_params(env).grammar
             assert grammar is not None and '"<tool_call>"' in grammar and "get_time" in grammar
             named = {"type": "function", "function": {"name": "get_weather"}}
             await c.post("/api/chat", json=chat("tooly", tools=[WEATHER, other], tool_choice=named, stream=False))
-            grammar = params(env).grammar
+            grammar = last_params(env).grammar
             assert grammar is not None and "get_weather" in grammar and "get_time" not in grammar
             r = await c.post("/api/chat", json=chat("tooly", tools=[WEATHER], tool_choice="none", stream=False))
             assert "tool_calls" not in r.json()["message"]
             assert r.json()["message"]["content"] == '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
             assert "TOOLS" not in env.engine.runners[0].prompts[-1]
-            assert params(env).grammar is None
+            assert last_params(env).grammar is None
     run(main())
 
 
@@ -204,16 +174,16 @@ def test_format_sets_grammar_and_thinking_prefixes_it(env: Env) -> None:
     async def main() -> None:
         async with env.client() as c:
             await c.post("/api/generate", json={"model": "tiny", "prompt": "x", "format": "json", "stream": False})
-            g = params(env).grammar
+            g = last_params(env).grammar
             assert g is not None and g.startswith("root ::= object")
             await c.post("/api/chat", json=chat("tiny", format=schema, stream=False))
-            g = params(env).grammar
+            g = last_params(env).grammar
             assert g is not None and '"\\"n\\""' in g
             await c.post("/api/chat", json=chat("thinky", format=schema, stream=False))
-            g = params(env).grammar
+            g = last_params(env).grammar
             assert g is not None and g.startswith("root ::= think-0") and '"\\"n\\""' in g
             await c.post("/api/generate", json={"model": "tiny", "prompt": "x", "format": "", "stream": False})
-            assert params(env).grammar is None
+            assert last_params(env).grammar is None
     run(main())
 
 

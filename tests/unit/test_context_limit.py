@@ -17,7 +17,7 @@ from corral.engine.fake import ScriptedEngine
 from corral.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.store.store import Store
-from tests.unit.openai_env import make_model
+from tests.appenv import make_model
 
 
 # The scripted runner counts whitespace-separated words as tokens.

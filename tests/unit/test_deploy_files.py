@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.appenv import Env
 from tests.monitoring import ALERTS, DASHBOARD, alert_exprs, alert_rules, dashboard_exprs, parse_expr, problems
 from tests.support import ROOT
-from tests.unit.openai_env import Env
 
 
 @pytest.fixture(scope="module")

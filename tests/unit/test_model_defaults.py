@@ -14,7 +14,7 @@ from corral.engine.fake import ScriptedEngine
 from corral.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.store.store import Store
-from tests.unit.test_server_native import make_model
+from tests.appenv import make_model
 
 
 def build(tmp_path: Path) -> tuple[Any, ScriptedEngine, Scheduler]:

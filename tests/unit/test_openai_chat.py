@@ -3,18 +3,15 @@ chunk shapes (spec §1), n > 1, per-request num_ctx, and the official SDK parsin
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import pytest
 
 from corral.schemas.openai import ChatCompletionRequest
 from corral.server.openai import to_chat_request
 from corral.server.openai_stream import ChatChunker
-from tests.unit.openai_env import BASE, Env, sse_data
+from tests.appenv import Env, run, sdk, sse_data
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -22,15 +19,6 @@ MSGS = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def sdk(env: Env) -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url=BASE)
-    return openai.AsyncOpenAI(base_url=BASE + "/v1", api_key="x", http_client=http, max_retries=0)
 
 
 def test_non_stream_shape(env: Env) -> None:

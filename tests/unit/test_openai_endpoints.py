@@ -3,32 +3,21 @@ checked on the wire and through the official SDK's types and exceptions."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import struct
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from tests.unit.openai_env import BASE, Env, make_model, sse_data
+from tests.appenv import Env, make_model, run, sdk, sse_data
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def sdk(env: Env) -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url=BASE)
-    return openai.AsyncOpenAI(base_url=BASE + "/v1", api_key="x", http_client=http, max_retries=0)
 
 
 def test_completions_shapes_and_suffix(env: Env) -> None:

@@ -17,7 +17,7 @@ from corral.schemas.anthropic import MessagesRequest
 from corral.schemas.openai import ResponsesRequest
 from corral.server import anthropic as anth
 from corral.server import responses as resp
-from tests.unit.openai_env import BASE, Env, sse_events
+from tests.appenv import BASE, Env, run, sse_events
 
 CALL = {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
 
@@ -25,10 +25,6 @@ CALL = {"id": "call_1", "function": {"index": 0, "name": "get_weather", "argumen
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 def http(env: Env) -> httpx.AsyncClient:

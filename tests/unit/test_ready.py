@@ -11,11 +11,7 @@ import httpx
 
 from corral.auth.keys import KEYS_FILE, KeyStore
 from corral.server.runtime import resolve_job
-from tests.unit.test_server_native import Env
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+from tests.appenv import Env, run
 
 
 async def ready(env: Env, query: str = "", key: str | None = None) -> httpx.Response:

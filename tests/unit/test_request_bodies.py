@@ -3,7 +3,6 @@ each API family's error format, decided once before routing (`corral.server.body
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from corral.errors import BadRequestError
 from corral.server.bodycheck import MAX_JSON_DEPTH, check_json_body, nesting_depth, unpaired_surrogate
-from tests.unit.openai_env import Env
+from tests.appenv import Env, run
 
 LONE = "\\ud800"  # the six characters of a JSON escape, as a client writes them
 
@@ -20,10 +19,6 @@ LONE = "\\ud800"  # the six characters of a JSON escape, as a client writes them
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
     return Env(tmp_path)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 # -- the checks themselves -------------------------------------------------------------------------

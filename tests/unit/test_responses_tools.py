@@ -17,7 +17,7 @@ from corral.errors import BadRequestError
 from corral.schemas.openai import ResponsesRequest
 from corral.server import responses as resp
 from corral.server.responses_tools import IGNORED_TOOLS_KEY, flat_name, plan_tools
-from tests.unit.openai_env import BASE, Env, make_model, sse_events
+from tests.appenv import BASE, Env, make_model, sse_events
 
 FN = {"type": "function", "name": "shell", "description": "run a command",
       "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}

@@ -17,12 +17,9 @@ from fastapi import FastAPI
 
 from corral.auth.keys import KeyStore
 from corral.auth.scopes import SCOPES, allows
-from corral.config import Settings
-from corral.server.app import create_app
-from corral.store.store import Store
+from tests.appenv import client, make_app
 
 pytestmark = pytest.mark.anyio
-BASE = "http://127.0.0.1:11434"
 JWT_SECRET = "jwt-secret-jwt-secret-jwt-secret-123"
 
 # One representative request per route class (a model that does not exist: passing auth gives 404/400).
@@ -32,20 +29,6 @@ ROUTES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "manage": ("POST", "/api/copy", {"source": "nope", "destination": "other"}),
     "admin": ("GET", "/metrics", None),
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
-    cfg = Settings(home=tmp_path / "home", models=tmp_path / "models", noprune=True, **settings)
-    return create_app(cfg, Store(cfg.models_dir))
-
-
-def client(app: FastAPI, base: str = BASE, **headers: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base, headers=headers)
 
 
 async def call(app: FastAPI, route_class: str, **headers: str) -> httpx.Response:

@@ -10,55 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from corral.config import Settings
-from corral.engine.fake import ScriptedEngine
-from corral.names import ModelName
-from corral.scheduler import Scheduler
-from corral.schemas.native import CreateRequest
-from corral.server.app import create_app
-from corral.store.create import create_model
-from corral.store.store import Store
-from tests.ggufs import write_gguf
-
-
-def make_model(store: Store, tmp_path: Path, name: str, **fields: Any) -> None:
-    digest = store.blobs.add_file(write_gguf(tmp_path / f"{name}.gguf"))[0]
-    req = CreateRequest.model_validate({"model": name, "files": {"m.gguf": digest}, **fields})
-    for _ in create_model(store, ModelName.parse(name), req):
-        pass
-
-
-class Env:
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
-        self.store = Store(tmp_path / "models")
-        self.settings = Settings(home=tmp_path, **settings)
-        self.engine = ScriptedEngine()
-        self.scheduler = Scheduler(self.engine, self.settings)
-        self.app = create_app(self.settings, self.store, scheduler=self.scheduler, prune_on_start=False)
-        make_model(self.store, tmp_path, "tiny", template="{{ if .System }}[{{ .System }}] {{ end }}{{ .Prompt }}",
-                   system="Be brief.")
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://127.0.0.1:11434")
+from tests.appenv import Env, lines, run
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Env:
-    return Env(tmp_path)
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-async def lines(c: httpx.AsyncClient, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    r = await c.post(path, json=body)
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("application/x-ndjson")
-    return [json.loads(line) for line in r.text.splitlines() if line]
+    return Env(tmp_path, system="Be brief.")
 
 
 def test_generate_streams_ndjson_with_final_metrics(env: Env) -> None:
@@ -196,7 +155,7 @@ def test_embed_normalises_and_truncates_dimensions(env: Env) -> None:
 
 
 def test_queue_overflow_is_503_and_server_recovers(tmp_path: Path) -> None:
-    env = Env(tmp_path, max_queue=2, num_parallel=1)
+    env = Env(tmp_path, system="Be brief.", max_queue=2, num_parallel=1)
     env.engine.delay = 0.05
 
     async def main() -> None:
@@ -227,7 +186,7 @@ def test_streams_can_be_closed_early(env: Env) -> None:
 
 
 def test_corral_num_thread_is_the_default_runner_thread_count(tmp_path: Path) -> None:
-    env = Env(tmp_path, num_thread=3)
+    env = Env(tmp_path, system="Be brief.", num_thread=3)
 
     async def main() -> None:
         async with env.client() as c:

@@ -26,9 +26,9 @@ from corral.store.bundled import BundledModel, import_bundled
 from corral.store.create import create_model
 from corral.store.diskspace import disk_full_error, human_bytes
 from corral.store.store import Store
+from tests.appenv import make_chunks
 from tests.diskfull import fill_disk
 from tests.ggufs import write_gguf
-from tests.unit.test_bundled import make_chunks
 
 
 def leftovers(store: Store) -> list[str]:

@@ -22,7 +22,7 @@ from corral.server.app import create_app
 from corral.server.runtime import fit_messages
 from corral.server.truncate import IMAGE_TOKENS, fit_chat
 from corral.store.store import Store
-from tests.unit.openai_env import make_model
+from tests.appenv import make_model, run
 
 
 class Counting:
@@ -69,10 +69,6 @@ def ollama_reference(messages: list[Message], c: Counting, num_ctx: int) -> list
         if len(c.render(kept).split()) < num_ctx:
             return kept
     return [m for m in messages[:-1] if m.role == "system"] + messages[-1:]
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 @pytest.mark.parametrize("n", [3000, 10_000])

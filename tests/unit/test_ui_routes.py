@@ -5,35 +5,15 @@ still do not."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
 from corral.auth.keys import KeyStore
 from corral.auth.scopes import required_scope
-from corral.config import Settings
-from corral.server.app import create_app
 from corral.server.ui import ASSETS, CSP
-from corral.store.store import Store
+from tests.appenv import client, make_app
 
 pytestmark = pytest.mark.anyio
-BASE = "http://127.0.0.1:11434"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
-    cfg = Settings(home=tmp_path / "home", models=tmp_path / "models", noprune=True, **settings)
-    return create_app(cfg, Store(cfg.models_dir))
-
-
-def client(app: FastAPI, base: str = BASE, **headers: str) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base, headers=headers)
 
 
 def test_assets_ship_in_the_package_and_reference_nothing_remote() -> None:

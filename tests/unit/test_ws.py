@@ -18,7 +18,7 @@ from corral.engine.fake import ScriptedEngine
 from corral.scheduler import Scheduler
 from corral.server.app import create_app
 from corral.store.store import Store
-from tests.unit.test_server_native import make_model
+from tests.appenv import make_model
 
 WS = "ws://127.0.0.1:11434/api/ws"
 WORDS = [f" w{i}" for i in range(400)]
