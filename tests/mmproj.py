@@ -86,6 +86,59 @@ def write_mmproj(
     return path
 
 
+def write_gemma3_mmproj(path: Path, *, out_embd: int = 640, n_embd: int = 64, image_size: int = 64,
+                        patch_size: int = 4, seed: int = 0) -> Path:
+    """A synthetic Gemma 3 projector (`PROJECTOR_TYPE_GEMMA3`): a SigLIP-style tower, 4x4 average
+    pooling, RMS norm and a projection to `out_embd` (640 for Gemma 3 270M). mtmd wraps its images in
+    `<start_of_image>`/`<end_of_image>` and decodes them with non-causal attention."""
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int, scale: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    n_patches = (image_size // patch_size) ** 2
+    w = GGUFWriter(str(path), "clip")
+    w.add_file_type(0)
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_string("clip.projector_type", "gemma3")
+    w.add_bool("clip.use_gelu", True)
+    for key, number in (("image_size", image_size), ("patch_size", patch_size), ("embedding_length", n_embd),
+                        ("feed_forward_length", 2 * n_embd), ("projection_dim", out_embd),
+                        ("attention.head_count", 4), ("block_count", 2)):
+        w.add_uint32(f"clip.vision.{key}", number)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    tensors = {
+        "v.patch_embd.weight": rand(n_embd, 3, patch_size, patch_size, scale=0.1),
+        "v.patch_embd.bias": rand(n_embd),
+        "v.position_embd.weight": rand(n_patches, n_embd),
+        "v.post_ln.weight": np.ones(n_embd, np.float32),
+        "v.post_ln.bias": np.zeros(n_embd, np.float32),
+        "mm.soft_emb_norm.weight": np.ones(n_embd, np.float32),
+        "mm.input_projection.weight": rand(n_embd, out_embd, scale=0.1),
+    }
+    for i in range(2):
+        p = f"v.blk.{i}"
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors[f"{p}.{name}.weight"] = rand(n_embd, n_embd)
+            tensors[f"{p}.{name}.bias"] = rand(n_embd)
+        for name in ("ln1", "ln2"):
+            tensors[f"{p}.{name}.weight"] = np.ones(n_embd, np.float32)
+            tensors[f"{p}.{name}.bias"] = np.zeros(n_embd, np.float32)
+        tensors[f"{p}.ffn_up.weight"] = rand(2 * n_embd, n_embd)
+        tensors[f"{p}.ffn_up.bias"] = rand(2 * n_embd)
+        tensors[f"{p}.ffn_down.weight"] = rand(n_embd, 2 * n_embd)
+        tensors[f"{p}.ffn_down.bias"] = rand(n_embd)
+    for name, value in tensors.items():
+        w.add_tensor(name, value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def png(width: int, height: int, pixel: tuple[int, int, int] | None = None, *, seed: int = 0) -> bytes:
     """An RGB PNG: one colour, or random pixels from `seed`."""
     if pixel is not None:

