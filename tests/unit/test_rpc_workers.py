@@ -274,3 +274,13 @@ def test_a_load_crash_with_every_worker_alive_is_not_retried(tmp_path: Path) -> 
         with pytest.raises(RunnerCrashedError):
             asyncio.run(engine._spawn(LoadSpec(model_path=tmp_path / "m.gguf")))
     assert len(engine.choices) == 1
+
+
+def test_the_memory_estimate_leaves_out_what_the_workers_take(tmp_path: Path) -> None:
+    model = tmp_path / "m.gguf"
+    model.write_bytes(bytes(3 << 20))
+    spec = LoadSpec(model_path=model)
+    local = LlamaCppEngine(log_dir=tmp_path).estimate(spec)
+    pool = WorkerPool(["a:1"])
+    pool.free = {"a:1": rpc.RESERVE_BYTES + (2 << 20)}
+    assert LlamaCppEngine(log_dir=tmp_path, rpc=pool).estimate(spec) == local - (2 << 20)

@@ -136,7 +136,8 @@ class LlamaCppEngine(Accelerators):
             per_token = 0
         ctx = spec.options.num_ctx * (1 if spec.embedding else max(spec.num_parallel, 1))
         cache = 0 if spec.embedding else self.cache_ram  # the prompt cache may fill its bound
-        return size + per_token * ctx + COMPUTE_OVERHEAD + cache
+        remote = self.rpc.offloadable(size + per_token * ctx) if self.rpc else 0  # what RPC workers take
+        return size + per_token * ctx + COMPUTE_OVERHEAD + cache - remote
 
     async def load(self, spec: LoadSpec, placement: Placement | None = None) -> LlamaCppRunner:
         if placement is None and self.backend.devices:
