@@ -1,7 +1,8 @@
 """Images inside the continuous-batching loop, in process: SmolLM2-135M + a synthetic projector.
 
-Proves the order of work rather than timings: image pieces are decoded between the loop's regular
-steps, so a text-only sequence keeps generating while another sequence's images are read.
+Proves the order of work rather than timings: images are encoded on the encoder thread and their
+pieces decoded between the loop's regular steps, so a text-only sequence keeps generating while
+another sequence's images are read.
 """
 
 from __future__ import annotations
@@ -123,6 +124,30 @@ def test_text_keeps_generating_while_another_sequence_reads_images(harness: Harn
     assert len(pieces) == 6  # one piece per image, each between two regular steps
     between = [e for e in harness.log[pieces[0] : pieces[-1]] if e == ("token", text_rid)]
     assert len(between) >= 4, harness.log
+
+
+def test_the_loop_keeps_stepping_while_an_image_is_encoded(harness: Harness) -> None:
+    vision = harness.loop.vision
+    assert vision is not None
+    release, started = threading.Event(), threading.Event()
+    encode = vision._encode
+
+    def slow(media: Any, span: Any) -> Any:  # a vision tower that takes as long as the test wants
+        started.set()
+        assert release.wait(120)
+        return encode(media, span)
+
+    vision._encode = slow  # type: ignore[method-assign]
+    try:
+        _, image = harness.submit(chat("[img-0]What is it?"), [png(64, 64, seed=5)])
+        assert started.wait(60)
+        text = harness.wait(harness.submit(chat("Say hello."), n=12)[1])  # served while the image waits
+        assert text["metrics"]["eval_count"] >= 1 and not image["done"].is_set()
+        release.set()
+        assert "error" not in harness.wait(image)
+    finally:
+        release.set()
+        vision._encode = encode  # type: ignore[method-assign]
 
 
 def test_a_prompt_may_end_with_an_image_and_unplaced_images_are_refused(harness: Harness) -> None:

@@ -13,10 +13,11 @@ A sequence's prompt is a list of token ids in which each image chunk occupies it
 positions with negative pseudo-ids derived from the image's hash: the loop's prefix cache then
 reuses an image's KV for a request that repeats it (multi-turn chat about one picture) and never
 for a different image. The loop feeds text runs in its regular steps; an image run is encoded
-(`mtmd_encode_chunk`, the vision tower) once, then decoded as embeddings in its own `llama_batch`
-one batch-sized piece per loop iteration, between the regular steps, so other sequences keep
-generating while a long image is read. Models whose images use M-RoPE positions (Qwen2-VL,
-Qwen2.5-VL) are refused with a 400: positions here are token indices.
+(`mtmd_encode_chunk`, the vision tower) on a worker thread while the loop keeps stepping the other
+sequences, then decoded as embeddings in its own `llama_batch`, one batch-sized piece per loop
+iteration between the regular steps, so no sequence waits for another's images. Models whose
+images use M-RoPE positions (Qwen2-VL, Qwen2.5-VL) are refused with a 400: positions here are token
+indices.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import re
 import sys
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +60,7 @@ MROPE = (
 IMAGE_FORMATS = "JPEG, PNG, BMP, GIF, TGA, PSD, HDR and PNM"
 _PSEUDO_RANGE = 2**31 - 2
 GGML_LOG_WARN, GGML_LOG_CONT = 3, 5
+IDLE_WAIT_S = 0.05  # how long the loop waits for an encoder with nothing else to do
 
 
 def place_images(prompt: str, n_images: int) -> tuple[str, list[int]]:
@@ -101,6 +105,7 @@ class ImageSpan:
     chunk: Any  # const mtmd_input_chunk * (owned by the prompt's chunk list)
     non_causal: bool = False
     embd: npt.NDArray[np.float32] | None = None  # encoded, while decoding is under way
+    encoding: Future[npt.NDArray[np.float32]] | None = None  # the vision tower at work on it
 
     @property
     def end(self) -> int:
@@ -239,6 +244,8 @@ class Vision:
         self.mrope = bool(mt.mtmd_decode_use_mrope(ctx))
         self.n_embd = int(ll.llama_model_n_embd_inp(model.model))
         self.batch = EmbdBatch(model.batch.capacity, self.n_embd)
+        # one encoder thread: the vision tower runs while the loop decodes (ctypes calls drop the GIL)
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtmd-encode")
 
     # --- admission ---------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list[bytes], *, add_special: bool = True) -> PromptTokens:
@@ -298,18 +305,23 @@ class Vision:
         on_logits: Callable[[Any, int], None],
         fail: Callable[[Any, CorralError], None],
     ) -> bool:
-        """Advance the oldest sequence whose prompt is at an image by one batch of embeddings.
+        """Advance the oldest sequence whose prompt is at an encoded image by one batch of embeddings.
 
-        Encodes the image first when it is new. When the piece ends the prompt, its logits go to
-        `on_logits` (the loop samples the first token). Returns True when something was decoded.
+        Images not yet encoded are handed to the encoder thread (in request order); when every
+        sequence here waits for one, this waits a moment for it instead of spinning. When the
+        piece ends the prompt, its logits go to `on_logits`. Returns True when something was decoded.
         """
-        todo = [q for q in seqs if q.next_token is None and q.media is not None and q.media.pending(q.n_past)]
-        if not todo:
+        seqs = list(seqs)
+        todo = sorted((q for q in seqs if q.next_token is None and q.media is not None
+                       and q.media.pending(q.n_past)), key=lambda q: q.rid)
+        ready = [q for q in todo if self._encoded(q, fail)]
+        if not ready:
+            busy = [f for q in todo if (f := self._span(q).encoding) is not None]
+            if busy and len(todo) == len(seqs):
+                wait_futures(busy, timeout=IDLE_WAIT_S)
             return False
-        seq = min(todo, key=lambda q: q.rid)
-        assert seq.media is not None
-        span = seq.media.pending(seq.n_past)
-        assert span is not None
+        seq = ready[0]
+        span = self._span(seq)
         try:
             idx = self._decode_piece(seq, span)
         except CorralError as exc:
@@ -320,12 +332,40 @@ class Vision:
             on_logits(seq, idx)
         return True
 
+    @staticmethod
+    def _span(seq: Prefilling) -> ImageSpan:
+        span = seq.media.pending(seq.n_past) if seq.media is not None else None
+        assert span is not None
+        return span
+
+    def _encoded(self, seq: Prefilling, fail: Callable[[Any, CorralError], None]) -> bool:
+        """Whether the image `seq` is at has its embeddings; starts or collects its encoding."""
+        span = self._span(seq)
+        if span.embd is not None:
+            return True
+        if span.encoding is None:
+            span.encoding = self._encoder.submit(self._encode, seq.media, span)
+            return False
+        if not span.encoding.done():
+            return False
+        future, span.encoding = span.encoding, None
+        try:
+            span.embd = future.result()
+        except CorralError as exc:
+            fail(seq, exc)
+            return False
+        return True
+
+    def _encode(self, media: MediaPrompt | None, span: ImageSpan) -> npt.NDArray[np.float32]:
+        """The vision tower on one image (encoder thread; `media` keeps the chunk alive)."""
+        del media
+        if mt.mtmd_encode_chunk(self.ctx, span.chunk) != 0:
+            raise CorralError("the vision encoder failed on this image")
+        out = mt.mtmd_get_output_embd(self.ctx)
+        return np.ctypeslib.as_array(out, shape=(span.n_tokens, self.n_embd)).copy()
+
     def _decode_piece(self, seq: Prefilling, span: ImageSpan) -> int | None:
-        if span.embd is None:
-            if mt.mtmd_encode_chunk(self.ctx, span.chunk) != 0:
-                raise CorralError("the vision encoder failed on this image")
-            out = mt.mtmd_get_output_embd(self.ctx)
-            span.embd = np.ctypeslib.as_array(out, shape=(span.n_tokens, self.n_embd)).copy()
+        assert span.embd is not None
         lo = seq.n_past - span.start
         hi = span.n_tokens if span.non_causal else min(span.n_tokens, lo + self.batch.capacity)
         if hi - lo > self.batch.capacity:
@@ -351,6 +391,7 @@ class Vision:
         return hi - lo - 1 if last else None
 
     def close(self) -> None:
+        self._encoder.shutdown(wait=True)  # an encode in flight finishes before the context goes
         if self.ctx:
             mt.mtmd_free(self.ctx)
             self.ctx = None
