@@ -145,3 +145,13 @@ def test_tags_name_the_model_digest_and_the_llama_build(tmp_path: Path) -> None:
     first = pd.make_tag(loose, num_ctx=512)
     loose.write_bytes(b"gguf, changed")
     assert pd.make_tag(loose, num_ctx=512) != first  # a file outside the store: size and mtime
+
+
+def test_a_state_read_from_disk_comes_back_into_memory(tmp_path: Path) -> None:
+    written(tmp_path, [(key(40), b"d" * 1000)])
+    cache = PromptCache(1 << 20, pd.DiskTier.open(tmp_path, TAG, 1 << 30), min_tokens=4)
+    assert cache.ram == {} and cache.best(key(41), 40) == (40, key(40))
+    assert cache.get(key(40)) == bytearray(b"d" * 1000)
+    assert cache.stats.disk_hits == 1 and key(40) in cache.ram and cache.bytes == 1000
+    assert cache.get(key(40)) is not None and cache.stats.disk_hits == 1  # from memory now
+    cache.close(5)

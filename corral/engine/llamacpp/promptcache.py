@@ -142,6 +142,10 @@ class PromptCache:
                 disk.remove(other)
             disk.write(key, data)
         self.stats.saves += 1
+        self._keep(key, data)
+
+    def _keep(self, key: bytes, data: bytearray) -> None:
+        """Hold `data` in memory as the most recent entry, evicting the oldest beyond the bound."""
         if len(data) > self.max_bytes:
             return
         self.ram[key] = data
@@ -165,6 +169,7 @@ class PromptCache:
         data = disk.read(key)
         if data is not None:
             self.stats.disk_hits += 1
+            self._keep(key, data)  # back in memory: the next use needs no disk read
         return data
 
     def discard(self, key: bytes) -> None:
