@@ -155,3 +155,10 @@ def test_a_state_read_from_disk_comes_back_into_memory(tmp_path: Path) -> None:
     assert cache.stats.disk_hits == 1 and key(40) in cache.ram and cache.bytes == 1000
     assert cache.get(key(40)) is not None and cache.stats.disk_hits == 1  # from memory now
     cache.close(5)
+
+
+def test_states_are_private_to_the_user(tmp_path: Path) -> None:
+    tier = written(tmp_path / "kv", [(key(40), b"secret conversation")])
+    (path,) = tier.dir.glob("*.kv")
+    assert (tmp_path / "kv").stat().st_mode & 0o777 == 0o700 and tier.dir.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o600

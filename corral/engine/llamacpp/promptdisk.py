@@ -126,7 +126,9 @@ class DiskTier:
         tier = cls(root, tag, max_bytes)
         if tier.enabled:
             try:
-                tier.dir.mkdir(parents=True, exist_ok=True)
+                # states hold conversations: only this user may read them (files: mkstemp's 0600)
+                tier.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                tier.dir.mkdir(mode=0o700, exist_ok=True)
                 tier.scan()
             except OSError as exc:
                 log.warning("prompt cache: disk tier %s unusable (%s); off", tier.dir, exc)
