@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from corral.gguf import human_number
 from corral.schemas.native import ShowResponse
 
 _UNITS = [(1000**4, "TB"), (1000**3, "GB"), (1000**2, "MB"), (1000, "KB")]
@@ -75,6 +77,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], pad: int = 4) -
     return "\n".join(lines)
 
 
+def projector_rows(pi: dict[str, Any]) -> list[tuple[str, str]]:
+    """`show`'s Projector section, as Ollama prints it: architecture, parameters, embedding length,
+    dimensions (of the vision or audio encoder)."""
+    arch = str(pi.get("general.architecture", ""))
+    rows = [("architecture", arch)] if arch else []
+    if isinstance(pi.get("general.parameter_count"), int):
+        rows.append(("parameters", human_number(int(pi["general.parameter_count"]))))
+    for suffix, label in (("embedding_length", "embedding length"), ("projection_dim", "dimensions")):
+        value = next((pi[k] for m in ("vision", "audio") if (k := f"{arch}.{m}.{suffix}") in pi), None)
+        if value is not None:
+            rows.append((label, str(value)))
+    return rows
+
+
 def render_show(info: ShowResponse, *, verbose: bool = False) -> str:
     """The default `show` view: Model, Capabilities, Parameters, System, License sections."""
     mi = info.model_info or {}
@@ -90,6 +106,8 @@ def render_show(info: ShowResponse, *, verbose: bool = False) -> str:
     out = ["  Model"] + [f"    {k:<20}{v}" for k, v in rows] + [""]
     if info.capabilities:
         out += ["  Capabilities"] + [f"    {c}" for c in info.capabilities] + [""]
+    if info.projector_info:
+        out += ["  Projector"] + [f"    {k:<20}{v}" for k, v in projector_rows(info.projector_info)] + [""]
     if info.parameters:
         out += ["  Parameters"] + [f"    {line}" for line in info.parameters.splitlines()] + [""]
     if info.system:

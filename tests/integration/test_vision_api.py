@@ -48,11 +48,13 @@ def chat(http: httpx.Client, images: list[str]) -> dict[str, Any]:
     return out
 
 
-def test_the_projector_layer_makes_a_vision_model(http: httpx.Client, vision: str) -> None:
+def test_the_projector_layer_makes_a_vision_model(server: ServerProcess, http: httpx.Client, vision: str) -> None:
     shown = http.post("/api/show", json={"model": vision}).json()
     assert "vision" in shown["capabilities"]
     assert shown["projector_info"]["clip.projector_type"] == "mlp"
     assert shown["modelfile"].count("\nFROM ") == 2  # the model, then its projector
+    out = server.cli("show", vision).stdout
+    assert "  Projector\n    architecture        clip\n" in out and "dimensions          576" in out
     assert "vision" not in http.post("/api/show", json={"model": "smollm2:135m"}).json()["capabilities"]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.cli.format import projector_rows
 from corral.cli.images import attach_images, named_images
 from corral.errors import BadRequestError
 from tests.mmproj import png
@@ -35,3 +36,10 @@ def test_a_file_that_is_not_an_image_is_refused(tmp_path: Path) -> None:
     fake.write_text("just text")
     with pytest.raises(BadRequestError, match="invalid image type"):
         attach_images(f"read {fake}")
+
+
+def test_show_prints_the_projector_as_ollama_does() -> None:
+    info = {"general.architecture": "clip", "general.parameter_count": 312_890_000,
+            "clip.vision.embedding_length": 1024, "clip.vision.projection_dim": 768}
+    assert projector_rows(info) == [("architecture", "clip"), ("parameters", "312.89M"),
+                                    ("embedding length", "1024"), ("dimensions", "768")]
