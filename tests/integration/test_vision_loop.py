@@ -145,6 +145,15 @@ def test_the_loop_keeps_stepping_while_an_image_is_encoded(harness: Harness) -> 
         assert text["metrics"]["eval_count"] >= 1 and not image["done"].is_set()
         release.set()
         assert "error" not in harness.wait(image)
+        # a request cancelled while its image is encoded leaves nothing behind
+        release.clear()
+        started.clear()
+        gone, _ = harness.submit(chat("[img-0]And this?"), [png(64, 64, seed=6)])
+        assert started.wait(60)
+        harness.loop.submit(("cancel", gone))
+        release.set()
+        again = harness.wait(harness.submit(chat("[img-0]What is it?"), [png(64, 64, seed=5)])[1])
+        assert again["text"] == harness.wait(image)["text"]
     finally:
         release.set()
         vision._encode = encode  # type: ignore[method-assign]
