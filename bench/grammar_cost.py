@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-token cost of grammar-constrained decoding vs unconstrained, before and after sample-first.
 
-Loads the model in this process (`tests/inproc.py`: 2 threads, one sequence, no weight repacking, as
+Loads the model in this process (`tests/inproc.py`: --threads, one sequence, no weight repacking, as
 a CPU whose AMX traps needs) and generates with the same prompt for several seeds (temperature 0.7,
 top_k 40, top_p 0.9): unconstrained, `format: "json"` (corral.grammar.json_grammar) and a JSON
 schema (corral.grammar.schema_to_gbnf), each with the old sampler (`tests/legacy_sampler.py`: one
@@ -18,7 +18,8 @@ Reported per case and sampler, from the same run:
 With --replay it also replays each seed's constrained output through the grammar alone and times a
 full-vocabulary apply per token (what the old sampler paid on every token), with the slowest states.
 
-    .venv/bin/python bench/grammar_cost.py [--seeds 8] [--tokens 96] [--model smollm2|gemma3] [--replay]
+    .venv/bin/python bench/grammar_cost.py [--seeds 8] [--tokens 96] [--model smollm2|gemma3] [--threads 2]
+                                           [--replay] [--show]
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp as ll  # noqa: E402
 import numpy as np  # noqa: E402
 
+from corral.engine.llamacpp.grammar_filter import Candidates  # noqa: E402
 from corral.engine.llamacpp.model import LlamaModel  # noqa: E402
-from corral.engine.llamacpp.sampling import Candidates, SeqSampler  # noqa: E402
+from corral.engine.llamacpp.sampling import SeqSampler  # noqa: E402
 from corral.grammar import json_grammar, schema_to_gbnf  # noqa: E402
 from corral.schemas.options import SampleOptions  # noqa: E402
 from tests.inproc import generate, loaded  # noqa: E402
@@ -188,15 +190,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--model", choices=sorted(PROMPTS), default="smollm2")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--replay", action="store_true")
     ap.add_argument("--show", action="store_true", help="print each case's output for the first seed")
     args = ap.parse_args()
     seeds = [1000 + i for i in range(args.seeds)]
-    with loaded(model_path(args.model), n_ctx=1024) as model:
+    with loaded(model_path(args.model), n_ctx=1024, threads=args.threads) as model:
         prompt = model.tokenize(PROMPTS[args.model], add_special=True)
         generate(model, SeqSampler(model, SampleOptions(), grammar=None, num_ctx=1024), prompt, 4)  # warm-up
         results = measure(model, prompt, seeds, args.tokens)
-        print(f"{args.model}, 2 threads, 1 sequence, num_predict={args.tokens}, temperature 0.7, seeds {seeds}")
+        print(f"{args.model}, {args.threads} threads, 1 sequence, num_predict={args.tokens}, temperature 0.7,"
+              f" seeds {seeds}")
         report(results)
         if args.replay:
             replay(model, results)

@@ -2,7 +2,8 @@
 
 Loads with `extra_bufts=False` (no weight repacking): CPUs that advertise AMX inside a VM that traps
 it die with SIGILL on the first decode otherwise (the engine retries a runner that way; code that
-decodes in-process must choose it up front).
+decodes in-process must choose it up front). One thread by default: on a shared, oversubscribed
+machine llama.cpp's spinning threadpool made two threads 8x slower than one (600 vs 71 ms/token).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Run:
 
 
 @contextmanager
-def loaded(path: Path, n_ctx: int = 1024, threads: int = 2) -> Iterator[LlamaModel]:
+def loaded(path: Path, n_ctx: int = 1024, threads: int = 1) -> Iterator[LlamaModel]:
     cfg = ContextConfig(n_ctx=n_ctx, n_seq=1, n_batch=512, threads=threads)
     model = LlamaModel(str(path), cfg, extra_bufts=False)
     try:

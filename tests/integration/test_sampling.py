@@ -15,8 +15,10 @@ from typing import Any
 
 import jsonschema
 import llama_cpp as ll
+import numpy as np
 import pytest
 
+from corral.engine.llamacpp.grammar_filter import Candidates, prefixes_of
 from corral.engine.llamacpp.model import LlamaModel
 from corral.engine.llamacpp.sampling import SeqSampler
 from corral.grammar import json_grammar, schema_to_gbnf
@@ -160,3 +162,26 @@ def test_grammar_complete_with_eos_banned_ends_the_sequence(lm: tuple[str, Llama
     s = SeqSampler(model, SampleOptions(temperature=0.0), grammar='root ::= "ok"', num_ctx=512, ignore_eos=True)
     tokens = run(model, name, s, n=10)
     assert model.detokenize(tokens[:-1]) == "ok" and model.is_eog(tokens[-1])
+
+
+def test_prefix_filter_keeps_every_token_the_grammar_allows(lm: tuple[str, LlamaModel]) -> None:
+    """Along a JSON output, `possible()` is a superset of the grammar's full-vocabulary verdict,
+    and much smaller where the grammar is strict."""
+    _, model = lm
+    text = '{\n  "name": "Zoë Ünal",\n  "age": 31,\n  "color": "blue"\n}'
+    grammar = _tracker(model, schema_to_gbnf(SCHEMA))
+    full = Candidates(model.n_vocab)
+    ids = np.arange(model.n_vocab)
+    sizes = []
+    try:
+        for tok in model.tokenize(text, add_special=False):
+            possible = prefixes_of(model).possible(grammar)
+            full.load(ids, np.zeros(model.n_vocab, dtype=np.float32))
+            full.apply(grammar)
+            allowed = np.flatnonzero(full.logits() > -np.inf)
+            assert set(allowed.tolist()) <= set(possible.tolist())
+            sizes.append(len(possible) / model.n_vocab)
+            ll.llama_sampler_accept(grammar, tok)
+    finally:
+        ll.llama_sampler_free(grammar)
+    assert min(sizes) < 0.05 and sorted(sizes)[len(sizes) // 2] < 0.5

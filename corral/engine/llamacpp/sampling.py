@@ -20,7 +20,6 @@ exact float ties at the k-th logit, where either implementation may keep either 
 
 from __future__ import annotations
 
-import ctypes
 import math
 from typing import Any
 
@@ -33,9 +32,9 @@ from corral.errors import BadRequestError
 from corral.schemas.options import SampleOptions
 
 from .cstruct import new
+from .grammar_filter import Candidates, prefixes_of
 from .model import LlamaModel
 
-TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # = llama_token_data
 RESCUE = 256  # best raw candidates the grammar sees first after a rejected pick
 PREFILTER_MAX_FRACTION = 8  # prefilter top_k only when k <= n_vocab / this
 IntArray = npt.NDArray[np.int64]
@@ -78,42 +77,6 @@ def _all_ids(n: int) -> IntArray:
     if got is None:
         got = _ALL_IDS[n] = np.arange(n)
     return got
-
-
-class Candidates:
-    """A `llama_token_data_array` over a numpy buffer we own (filled without a Python loop)."""
-
-    def __init__(self, capacity: int) -> None:
-        self.buf = np.zeros(capacity, TOKEN_DATA)
-        ptr = ctypes.cast(self.buf.ctypes.data, ctypes.POINTER(ll.llama_token_data))
-        self.arr = new(ll.llama_token_data_array, data=ptr, size=0, selected=-1, sorted=False)
-        self._ref = ctypes.byref(self.arr)
-
-    def load(self, ids: IntArray, logits: npt.NDArray[np.float32]) -> None:
-        n = int(ids.shape[0])
-        view = self.buf[:n]
-        view["id"] = ids
-        view["logit"] = logits
-        view["p"] = 0.0
-        self.arr.size = n
-        self.arr.selected = -1
-        self.arr.sorted = False
-
-    def apply(self, sampler: Any) -> None:
-        ll.llama_sampler_apply(sampler, self._ref)
-
-    def logits(self) -> npt.NDArray[np.float32]:
-        return self.buf["logit"][: self.arr.size]
-
-    def n_allowed(self) -> int:
-        return int(np.count_nonzero(self.logits() > -np.inf))
-
-    def selected(self) -> int:
-        return int(self.buf["id"][self.arr.selected])
-
-    def best(self) -> int:
-        """The greedy pick: the first candidate with the highest logit."""
-        return int(self.buf["id"][int(np.argmax(self.logits()))])
 
 
 class SeqSampler:
@@ -224,7 +187,7 @@ class SeqSampler:
         return c.selected()
 
     def _pick_allowed(self, logits: npt.NDArray[np.float32]) -> int:
-        """Pick again among the tokens the grammar allows (as grammar-first chain would)."""
+        """Pick again among the tokens the grammar allows (as a grammar-first chain would)."""
         n_vocab = int(logits.shape[0])
         c: Candidates | None = None
         if self._need and self._rescue < n_vocab:
@@ -235,7 +198,11 @@ class SeqSampler:
             if c.n_allowed() < self._need:
                 c = None
         if c is None:
-            c = self._whole(logits)
+            if self._full is None:
+                self._full = Candidates(n_vocab)
+            c = self._full
+            ids = prefixes_of(self.model).possible(self.grammar)  # every token it may allow, in order
+            c.load(ids, logits[ids])
             c.apply(self.grammar)
             if c.n_allowed() == 0:  # the grammar is complete and end-of-generation is banned
                 return self.model.eog_tokens()[0]
