@@ -14,6 +14,7 @@ from types import FrameType
 
 import psutil
 import uvicorn
+from fastapi import FastAPI
 
 from corral.auth.authenticator import auth_configured
 from corral.cli.listener import deadline_protocol
@@ -23,9 +24,10 @@ from corral.engine.llamacpp.backend import select as select_backend
 from corral.engine.llamacpp.proc import LlamaCppEngine
 from corral.engine.llamacpp.rpcpool import WorkerPool
 from corral.errors import CorralError
-from corral.registry.auth import KEY_NAME, ensure_keypair
+from corral.registry.auth import KEY_NAME, KeyPair, ensure_keypair
 from corral.scheduler import SHUTDOWN_GRACE, Scheduler
 from corral.server.app import create_app
+from corral.server.context import Services
 from corral.server.requestlog import JsonFormatter, RequestIdFilter
 from corral.store.store import Store
 
@@ -89,7 +91,8 @@ def rpc_workers(cfg: Settings) -> WorkerPool | None:
         sys.exit(f"Error: CORRAL_RPC_WORKERS is set, but {exc.message}")
 
 
-def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
+def build_app(cfg: Settings, keypair: KeyPair | None = None) -> FastAPI:
+    """The composition root: store, engine, scheduler and the server's services, from the settings."""
     cfg.home.mkdir(parents=True, exist_ok=True)
     store = Store(cfg.models_dir)
     engine = LlamaCppEngine(
@@ -104,7 +107,8 @@ def build_app(cfg: Settings):  # type: ignore[no-untyped-def]
         rpc=rpc_workers(cfg),
     )
     scheduler = Scheduler(engine, cfg)
-    return create_app(cfg, store, scheduler=scheduler)
+    services = Services.from_settings(cfg, registry_keypair=keypair, hf_endpoint=os.environ.get("HF_ENDPOINT"))
+    return create_app(cfg, store, scheduler=scheduler, services=services)
 
 
 def run_server(cfg: Settings) -> None:
@@ -114,12 +118,11 @@ def run_server(cfg: Settings) -> None:
     log.info("server config models=%s host=%s num_parallel=%d", cfg.models_dir, cfg.host, cfg.num_parallel)
     if cfg.model_defaults:
         log.info("per-model defaults for %s", ", ".join(cfg.model_defaults))
-    app = build_app(cfg)
     keypair, created = ensure_keypair(cfg.home)
     if created:
         print(f"Couldn't find '{cfg.home / KEY_NAME}'. Generating new private key.")
         print(f"Your new public key is: \n\n{keypair.public_line}\n")
-    app.state.ctx.extras.update(registry_keypair=keypair, hf_endpoint=os.environ.get("HF_ENDPOINT"))
+    app = build_app(cfg, keypair)
     ssl: dict[str, str] = {}
     if cfg.tls_cert and cfg.tls_key:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}

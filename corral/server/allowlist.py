@@ -128,9 +128,9 @@ class AllowListMiddleware:
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
-        metrics = getattr(getattr(getattr(app, "state", None), "ctx", None), "extras", {}).get("metrics")
-        if metrics is not None:
-            metrics.observe_request(route_label(scope), scope["method"], 403, time.monotonic() - started)
+        ctx = getattr(getattr(app, "state", None), "ctx", None)
+        if ctx is not None:
+            ctx.services.metrics.observe_request(route_label(scope), scope["method"], 403, time.monotonic() - started)
 
 
 def install_allowlist(app: FastAPI, settings: Settings) -> None:

@@ -1,8 +1,9 @@
 """`create_app`: builds the FastAPI application from injected collaborators.
 
-The app owns routing and middleware wiring only. Settings arrive already parsed; the store and
-the scheduler are constructed by the caller (the `serve` CLI verb or a test), so nothing here reads
-the environment or holds module-level state.
+The app owns routing and middleware wiring only. Settings arrive already parsed; the store, the
+scheduler and the services (authentication, rate limits, metrics, registry identity) are built by
+the caller (the `serve` CLI verb or a test), so nothing here reads the environment or holds
+module-level state.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from corral.config import Settings
 from corral.scheduler import Scheduler
 from corral.server.allowlist import install_allowlist
 from corral.server.bodycheck import JSONBodyCheck
-from corral.server.context import AppContext
+from corral.server.context import AppContext, Services
 from corral.server.errors import install_error_handlers
 from corral.server.management import router as management_router
 from corral.server.ready import router as ready_router
@@ -54,10 +55,13 @@ def create_app(
     store: Store,
     *,
     scheduler: Scheduler | None = None,
+    services: Services | None = None,
     prune_on_start: bool | None = None,
 ) -> FastAPI:
-    """Build the app. `scheduler` is a `corral.scheduler.Scheduler` (None: management only)."""
-    ctx = AppContext(settings=settings, store=store, scheduler=scheduler)
+    """Build the app. `scheduler` is a `corral.scheduler.Scheduler` (None: management only);
+    `services` default to `Services.from_settings(settings)`."""
+    ctx = AppContext(settings=settings, store=store, services=services or Services.from_settings(settings),
+                     scheduler=scheduler)
     do_prune = (not settings.noprune) if prune_on_start is None else prune_on_start
 
     @asynccontextmanager
@@ -86,9 +90,7 @@ def create_app(
     app.include_router(ui_router)
     install_registry(app, ctx)
     if ctx.scheduler is not None:
-        metrics = ctx.extras.get("metrics")
-        if metrics is not None:
-            ctx.scheduler.on_runner_died = metrics.count_runner_restart
+        ctx.scheduler.on_runner_died = ctx.services.metrics.count_runner_restart
         from corral.server.embeddings import router as embeddings_router
         from corral.server.inference import router as inference_router
 

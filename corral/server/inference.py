@@ -23,7 +23,6 @@ from corral.schemas.native import ChatRequest, GenerateRequest, Message
 from corral.server.adapters import lora_scales
 from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
-from corral.server.metrics import record_generation
 from corral.server.runtime import (
     Job,
     fit_messages,
@@ -188,7 +187,7 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
             if chunk.done:
                 out["done_reason"] = chunk.done_reason or "stop"
                 out.update(metrics_fields(chunk.metrics, started, load_ns, context=not req.raw))
-                record_generation(ctx, req.model, chunk.metrics, started, load_ns)
+                ctx.record_generation(req.model, chunk.metrics, started, load_ns)
             yield out
 
 
@@ -295,7 +294,7 @@ async def _chat_once(ctx: AppContext, job: Job, req: ChatRequest, messages: list
             if chunk.done:
                 out["done_reason"] = chunk.done_reason or "stop"
                 out.update(metrics_fields(chunk.metrics, started, load_ns, context=False))
-                record_generation(ctx, req.model, chunk.metrics, started, load_ns)
+                ctx.record_generation(req.model, chunk.metrics, started, load_ns)
             yield out
 
 

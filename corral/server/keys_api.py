@@ -26,8 +26,7 @@ class CreateKeyRequest(BaseModel):
 
 
 def key_store(ctx: AppContext) -> KeyStore:
-    store: KeyStore = ctx.extras["key_store"]
-    return store
+    return ctx.services.keys
 
 
 @router.get("/api/keys")

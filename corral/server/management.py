@@ -143,7 +143,7 @@ def pull_stream(ctx: AppContext, name: ModelName, *, insecure: bool) -> AsyncIte
     bundled = find_bundled(name)
     if bundled is not None:
         return iterate_in_thread(import_bundled(ctx.store, name))
-    registry_pull = ctx.extras.get("registry_pull")
+    registry_pull = ctx.registry_pull
     if registry_pull is not None:
         stream: AsyncIterator[ProgressResponse] = registry_pull(name, insecure=insecure)
         return stream

@@ -2,7 +2,7 @@
 
 Each app has its own `CollectorRegistry` (never the global one), so several apps in one process
 (tests) do not collide. Request counts and latency are observed by the security middleware;
-generation metrics by the inference routes through `record_generation`; scheduler state (queue
+generation metrics by the inference routes through `AppContext.record_generation`; scheduler state (queue
 depth and bound, loaded models, their memory per model and per device: a runner may report
 `memory_by_device`, else its memory counts as `cpu`) is read at scrape time.
 `deploy/grafana/corral.json` and `deploy/prometheus/alerts.yml` are built on these names (a test
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -27,10 +26,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from corral.server.context import AppContext
-
 if TYPE_CHECKING:
-    from corral.engine.base import Metrics
+    from corral.scheduler import Scheduler
 
 # The API key id of the request being served (set by the security middleware).
 current_key_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("corral_key_id", default=None)
@@ -41,7 +38,7 @@ _LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class ServerMetrics:
-    """All corral metrics; stored at `ctx.extras["metrics"]`."""
+    """All corral metrics; one per app (`Services.metrics`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -177,34 +174,10 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
-def record_generation(ctx: AppContext, model: str, m: Metrics | None, started_ns: int, load_ns: int) -> None:
-    """Final-chunk hook for the inference routes: metrics plus the rate limiter's token count.
-
-    Time to first token is taken as total time minus decode time (queue + load + prompt eval).
-    """
-    if m is None:
-        return
-    total_ns = time.monotonic_ns() - started_ns
-    metrics: ServerMetrics | None = ctx.extras.get("metrics")
-    if metrics is not None:
-        metrics.observe_generation(
-            model,
-            ttft_s=max(0, total_ns - m.eval_duration) / 1e9,
-            prompt_tokens=m.prompt_eval_count - m.prompt_cache_count,
-            cache_tokens=m.prompt_cache_count,
-            eval_tokens=m.eval_count,
-            eval_duration_s=m.eval_duration / 1e9,
-            load_s=load_ns / 1e9,
-        )
-    count = ctx.extras.get("count_tokens")
-    if count is not None:
-        count(current_key_id.get(), m.prompt_eval_count + m.eval_count)
-
-
-def install_metrics_route(app: FastAPI, ctx: AppContext, metrics: ServerMetrics) -> None:
+def install_metrics_route(app: FastAPI, metrics: ServerMetrics, scheduler: Scheduler | None) -> None:
     async def metrics_endpoint(request: Request) -> Response:
-        metrics.refresh_scheduler(ctx.scheduler)
-        await metrics.refresh_prompt_caches(ctx.scheduler)
+        metrics.refresh_scheduler(scheduler)
+        await metrics.refresh_prompt_caches(scheduler)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)

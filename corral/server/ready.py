@@ -23,7 +23,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from corral.auth.authenticator import Authenticator
 from corral.auth.scopes import allows
 from corral.errors import BadRequestError, CorralError
 from corral.names import ModelName
@@ -43,7 +42,7 @@ def model_state(entry: LoadedRunner) -> dict[str, Any]:
 
 
 def _may_read(request: Request, ctx: AppContext) -> bool:
-    auth: Authenticator = ctx.extras["authenticator"]
+    auth = ctx.services.auth
     try:
         principal = auth.authenticate(credential_of(request.scope))
     except CorralError:
@@ -53,7 +52,7 @@ def _may_read(request: Request, ctx: AppContext) -> bool:
 
 def _require_read(request: Request, ctx: AppContext) -> None:
     """`?model=` names a model, so it needs `read`: the authenticator's own 401/403."""
-    auth: Authenticator = ctx.extras["authenticator"]
+    auth = ctx.services.auth
     auth.authorize(auth.authenticate(credential_of(request.scope)), "read")
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.errors import BadRequestError, CorralError, DigestMismatchError, InsufficientStorageError
 from corral.names import DEFAULT_HOST, ModelName
-from corral.registry.auth import KeyPair, load_keypair
+from corral.registry.auth import load_keypair
 from corral.registry.client import MANIFEST_V2, RegistryOptions, mirrors_from
 from corral.registry.hf import DEFAULT_ENDPOINT, is_hf_name, pull_hf
 from corral.registry.pull import pull_model
@@ -36,7 +36,6 @@ from corral.store.blobs import BlobWriter, normalize_digest
 
 router = APIRouter()
 Ctx = Annotated[AppContext, Depends(get_ctx)]
-_UPLOADS = "registry_uploads"
 
 
 def _oci_error(status: int, code: str, message: str) -> JSONResponse:
@@ -92,8 +91,8 @@ async def get_blob(ns: str, model: str, digest: str, ctx: Ctx) -> Response:
 
 
 def _uploads(ctx: AppContext) -> UploadSessions:
-    sessions: UploadSessions = ctx.extras[_UPLOADS]
-    return sessions
+    assert ctx.uploads is not None  # set with the routes by install_registry
+    return ctx.uploads
 
 
 def _upload_error(e: CorralError) -> JSONResponse:
@@ -234,7 +233,7 @@ async def put_manifest(
 
 # The client side: /api/pull hook and /api/push ---------------------------------------------
 def registry_options(ctx: AppContext, *, insecure: bool) -> RegistryOptions:
-    keypair: KeyPair | None = ctx.extras.get("registry_keypair")
+    keypair = ctx.services.registry_keypair
     if keypair is None:
         try:
             keypair = load_keypair(ctx.settings.home)
@@ -259,15 +258,14 @@ def install_registry(app: FastAPI, ctx: AppContext) -> None:
 
     def registry_pull(name: ModelName, *, insecure: bool) -> AsyncIterator[ProgressResponse]:
         if is_hf_name(name):
-            endpoint: str = ctx.extras.get("hf_endpoint") or DEFAULT_ENDPOINT
+            endpoint = ctx.services.hf_endpoint or DEFAULT_ENDPOINT
             return iterate_in_thread(pull_hf(ctx.store, name, endpoint=endpoint))
         opts = registry_options(ctx, insecure=insecure)
         return iterate_in_thread(pull_model(ctx.store, name, opts))
 
-    ctx.extras["registry_pull"] = registry_pull
-    sessions = UploadSessions(ctx.store.blobs)
-    sessions.clean_leftovers()
-    ctx.extras[_UPLOADS] = sessions
+    ctx.registry_pull = registry_pull
+    ctx.uploads = UploadSessions(ctx.store.blobs)
+    ctx.uploads.clean_leftovers()
     install_mirror(app, ctx, lambda insecure: registry_options(ctx, insecure=insecure))  # routes first
     app.include_router(router)
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,16 +22,12 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from corral.auth.authenticator import ANONYMOUS, Authenticator, Principal
-from corral.auth.jwt import JWTVerifier
-from corral.auth.keys import KEYS_FILE, KeyStore
+from corral.auth.authenticator import ANONYMOUS, Principal
 from corral.errors import CorralError, ForbiddenError, PayloadTooLargeError, RateLimitedError
 from corral.server.context import AppContext
-from corral.server.cors import CorsPolicy, HostPolicy
 from corral.server.errors import ErrorFormats, retry_after_header
 from corral.server.keys_api import router as keys_router
-from corral.server.limits import RateLimiter
-from corral.server.metrics import ServerMetrics, current_key_id, install_metrics_route
+from corral.server.metrics import current_key_id, install_metrics_route
 from corral.server.requestlog import log_access, log_audit, new_request_id, request_id
 
 log = logging.getLogger(__name__)
@@ -90,11 +85,11 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app = app
         s = ctx.settings
-        self.auth: Authenticator = ctx.extras["authenticator"]
-        self.limiter: RateLimiter = ctx.extras["rate_limiter"]
-        self.metrics: ServerMetrics = ctx.extras["metrics"]
-        self.hosts = HostPolicy(loopback=s.host_url.is_loopback)
-        self.cors = CorsPolicy(s.origin_list)
+        self.auth = ctx.services.auth
+        self.limiter = ctx.services.limiter
+        self.metrics = ctx.services.metrics
+        self.hosts = ctx.hosts
+        self.cors = ctx.cors
         self.max_body = s.max_body
         self.read_timeout = s.header_timeout_seconds
         self.idle_timeout = s.stream_idle_timeout_seconds
@@ -273,17 +268,8 @@ class SecurityMiddleware:
 
 
 def install_security(app: FastAPI, ctx: AppContext) -> None:
-    """Wire auth, limits, metrics and the middleware into `app` (called once by `create_app`)."""
-    s = ctx.settings
-    keys = KeyStore(s.home / KEYS_FILE)
-    verifier = JWTVerifier.create(secret=s.jwt_secret, public_key_path=s.jwt_public_key,
-                                  audience=s.jwt_audience, issuer=s.jwt_issuer, scope_claim=s.jwt_scope_claim)
-    limiter = RateLimiter(s.rate_limit_rpm, s.rate_limit_tpm)
-    metrics = ServerMetrics()
-    count: Callable[[str | None, int], None] = limiter.count_tokens
-    ctx.extras.update(authenticator=Authenticator(keys, verifier), rate_limiter=limiter, metrics=metrics,
-                      count_tokens=count, key_store=keys)
-    install_metrics_route(app, ctx, metrics)
+    """Wire the injected auth, limits and metrics into `app` (called once by `create_app`)."""
+    install_metrics_route(app, ctx.services.metrics, ctx.scheduler)
     app.include_router(keys_router)
     app.add_middleware(SecurityMiddleware, ctx=ctx)
 

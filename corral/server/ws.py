@@ -34,15 +34,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from corral.auth.authenticator import ANONYMOUS, Authenticator, Principal
+from corral.auth.authenticator import ANONYMOUS, Principal
 from corral.errors import BadRequestError, CorralError, ForbiddenError, RequestCanceledError, UnauthorizedError
 from corral.schemas.native import ChatRequest, GenerateRequest
 from corral.server.bodycheck import check_json_text
 from corral.server.context import AppContext
-from corral.server.cors import CorsPolicy, HostPolicy
 from corral.server.errors import native_error_body, ws_error_message
 from corral.server.inference import chat_events, collect_chat, collect_generate, generate_events
-from corral.server.limits import RateLimiter
 from corral.server.metrics import current_key_id
 from corral.server.requestlog import log_access, new_request_id, request_id
 from corral.server.security import credential_of, header
@@ -71,14 +69,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         request_id.reset(token)
 
 
-def _policies(ctx: AppContext) -> tuple[HostPolicy, CorsPolicy]:
-    policies = ctx.extras.get("ws_policies")
-    if policies is None:
-        s = ctx.settings
-        policies = ctx.extras["ws_policies"] = (HostPolicy(loopback=s.host_url.is_loopback), CorsPolicy(s.origin_list))
-    return policies  # type: ignore[no-any-return]
-
-
 def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
@@ -89,8 +79,8 @@ class Session:
     def __init__(self, ctx: AppContext, websocket: WebSocket) -> None:
         self.ctx = ctx
         self.ws = websocket
-        self.auth: Authenticator = ctx.extras["authenticator"]
-        self.limiter: RateLimiter = ctx.extras["rate_limiter"]
+        self.auth = ctx.services.auth
+        self.limiter = ctx.services.limiter
         self.tasks: dict[Any, asyncio.Task[None]] = {}
         self.send_lock = asyncio.Lock()
         self.principal: Principal | None = None
@@ -126,7 +116,7 @@ class Session:
     async def _handshake(self) -> bool:
         """Host/origin checks and header credentials, before the socket is accepted."""
         scope = self.ws.scope
-        hosts, cors = _policies(self.ctx)
+        hosts, cors = self.ctx.hosts, self.ctx.cors
         origin = header(scope, b"origin")
         try:
             if not hosts.allowed(header(scope, b"host")):

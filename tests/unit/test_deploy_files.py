@@ -27,7 +27,7 @@ def metrics_text(tmp_path_factory: pytest.TempPathFactory) -> str:
             assert r.status_code == 200, r.text
             assert (await c.post("/api/show", json={"model": "missing"})).status_code == 404
             # The scripted engine reports no timings; record one generation as a real engine would.
-            env.app.state.ctx.extras["metrics"].observe_generation(
+            env.app.state.ctx.services.metrics.observe_generation(
                 "tiny", ttft_s=0.1, prompt_tokens=3, cache_tokens=1, eval_tokens=5, eval_duration_s=0.5, load_s=0.2)
             return (await c.get("/metrics")).text
 

@@ -37,7 +37,7 @@ def make_app(tmp_path: Path, **sessions: Any) -> tuple[FastAPI, Store]:
     store = Store(tmp_path / "models")
     app = create_app(Settings(home=tmp_path, noprune=True), store)
     if sessions:
-        app.state.ctx.extras["registry_uploads"] = UploadSessions(store.blobs, **sessions)
+        app.state.ctx.uploads = UploadSessions(store.blobs, **sessions)
     return app, store
 
 

@@ -15,8 +15,15 @@ import jwt
 import pytest
 from fastapi import FastAPI
 
+from corral.auth.authenticator import Authenticator
 from corral.auth.keys import KeyStore
 from corral.auth.scopes import SCOPES, allows
+from corral.config import Settings
+from corral.server.app import create_app
+from corral.server.context import Services
+from corral.server.limits import RateLimiter
+from corral.server.metrics import ServerMetrics
+from corral.store.store import Store
 from tests.appenv import client, make_app
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +188,7 @@ async def test_token_rate_limit_uses_counted_tokens(tmp_path: Path) -> None:
     app = make_app(tmp_path, rate_limit_tpm=100)
     record, plain = keys(tmp_path).create("read")
     assert (await call(app, "read", authorization=f"Bearer {plain}")).status_code == 200
-    app.state.ctx.extras["count_tokens"](record.id, 150)
+    app.state.ctx.services.limiter.count_tokens(record.id, 150)
     response = await call(app, "read", authorization=f"Bearer {plain}")
     assert response.status_code == 429 and "tokens per minute" in response.json()["error"]
 
@@ -217,24 +224,24 @@ async def test_metrics_move_as_requests_run(tmp_path: Path) -> None:
 
 async def test_record_generation_feeds_metrics_and_token_limit(tmp_path: Path) -> None:
     from corral.engine.base import Metrics
-    from corral.server.metrics import current_key_id, record_generation
+    from corral.server.metrics import current_key_id
 
     app = make_app(tmp_path, rate_limit_tpm=1000)
     ctx = app.state.ctx
     token = current_key_id.set("k1")
     try:
         m = Metrics(prompt_eval_count=10, prompt_cache_count=4, eval_count=20, eval_duration=2_000_000_000)
-        record_generation(ctx, "m:1", m, time.monotonic_ns() - 3_000_000_000, 500_000_000)
+        ctx.record_generation("m:1", m, time.monotonic_ns() - 3_000_000_000, 500_000_000)
     finally:
         current_key_id.reset(token)
-    text = ctx.extras["metrics"].render().decode()
+    text = ctx.services.metrics.render().decode()
     assert _sample(text, 'corral_prompt_tokens_total{model="m:1"}') == 6
     assert _sample(text, 'corral_prompt_cache_hit_tokens_total{model="m:1"}') == 4
     assert _sample(text, 'corral_generated_tokens_total{model="m:1"}') == 20
     assert _sample(text, 'corral_generation_tokens_per_second{model="m:1"}') == 10
     assert 0.9 <= _sample(text, 'corral_time_to_first_token_seconds_sum{model="m:1"}') < 2
     assert _sample(text, 'corral_model_load_duration_seconds_count{model="m:1"}') == 1
-    assert ctx.extras["rate_limiter"].usage("k1") == (0, 30)
+    assert ctx.services.limiter.usage("k1") == (0, 30)
 
 
 async def test_slow_reader_is_dropped_by_idle_timeout(tmp_path: Path) -> None:
@@ -281,3 +288,18 @@ async def test_key_admin_routes(tmp_path: Path, caplog: pytest.LogCaptureFixture
             assert (await bot.post("/api/generate", json={"model": "x"})).status_code == 401
     async with client(app, authorization=f"Bearer {read_key}") as c:
         assert (await c.get("/api/keys")).status_code == 403
+
+
+async def test_injected_services_are_the_ones_used(tmp_path: Path) -> None:
+    """create_app takes authentication, rate limits and metrics from its caller (`corral serve`
+    builds them; a test passes its own): nothing is rebuilt from the settings behind its back."""
+    elsewhere = KeyStore(tmp_path / "elsewhere" / "keys.json")
+    _, plain = elsewhere.create("read")
+    metrics = ServerMetrics()
+    services = Services(auth=Authenticator(elsewhere), keys=elsewhere, limiter=RateLimiter(2), metrics=metrics)
+    cfg = Settings(home=tmp_path / "home", models=tmp_path / "models", noprune=True)  # no keys, no limits here
+    app = create_app(cfg, Store(cfg.models_dir), services=services)
+    assert (await call(app, "read")).status_code == 401  # the injected key store has a key
+    auth = {"authorization": f"Bearer {plain}"}
+    assert [(await call(app, "read", **auth)).status_code for _ in range(3)] == [200, 200, 429]
+    assert _sample(metrics.render().decode(), "corral_http_requests_total{") == 4  # the injected metrics count
