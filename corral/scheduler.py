@@ -120,7 +120,7 @@ class Scheduler:
         self.clock = clock
         self.reap_interval = reap_interval
         self.on_runner_died = on_runner_died
-        self.loaded: dict[str, LoadedRunner] = {}
+        self.loaded: dict[LoadSpec, LoadedRunner] = {}  # by the spec each runner was loaded with
         self.pending = 0
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -281,8 +281,7 @@ class Scheduler:
         while True:
             if self._stopping:
                 raise shutting_down()
-            key = str(ref.spec.model_path)
-            entry = self.loaded.get(key)
+            entry = self.holding(ref)
             if entry is not None and entry.runner.alive and ref.served_by(entry.ref.spec):
                 return entry
             if entry is not None and entry.refcount == 0:
@@ -290,7 +289,7 @@ class Scheduler:
                 continue
             if entry is None:
                 async with self._load_lock:
-                    if key in self.loaded:
+                    if self.holding(ref) is not None:
                         continue
                     room = await self._make_room(ref)
                     if room is not None:
@@ -369,7 +368,7 @@ class Scheduler:
             last_used=self.clock(),
             load_duration=time.monotonic() - started,
         )
-        self.loaded[str(ref.spec.model_path)] = entry
+        self.loaded[ref.spec] = entry
         where = f" ({placement.describe()})" if placement is not None else ""
         log.info("loaded %s in %.2fs%s", ref.name, entry.load_duration, where)
         return entry
@@ -380,9 +379,8 @@ class Scheduler:
         entry.closing = True
         if not entry.runner.alive and self.on_runner_died is not None:
             self.on_runner_died(entry.ref.name)
-        key = str(entry.ref.spec.model_path)
-        if self.loaded.get(key) is entry:
-            del self.loaded[key]
+        if self.loaded.get(entry.ref.spec) is entry:
+            del self.loaded[entry.ref.spec]
         try:
             await (entry.runner.close() if timeout is None else entry.runner.close(timeout=timeout))
         except Exception:
@@ -390,9 +388,18 @@ class Scheduler:
         await self._notify()
 
     # queries and explicit control ------------------------------------------------------------
-    async def unload(self, model_path: str) -> bool:
-        """Unload now if idle, else as soon as its requests finish (keep_alive 0)."""
-        entry = self.loaded.get(model_path)
+    def holding(self, ref: ModelRef) -> LoadedRunner | None:
+        """The runner loaded for `ref`'s model: the one of its spec, else the one holding the same
+        model under other load options (one runner per model, as in Ollama: `ref` replaces it once
+        it is idle, or is served by it when `ref.served_by` its spec)."""
+        entry = self.loaded.get(ref.spec)
+        if entry is not None:
+            return entry
+        return next((e for e in self.loaded.values() if e.ref.spec.model_path == ref.spec.model_path), None)
+
+    async def unload(self, ref: ModelRef) -> bool:
+        """Unload `ref`'s model now if idle, else as soon as its requests finish (keep_alive 0)."""
+        entry = self.holding(ref)
         if entry is None:
             return False
         entry.keep_alive = 0

@@ -93,7 +93,7 @@ async def lifecycle_only(ctx: AppContext, job: Job, shape: Callable[[str], dict[
                          ) -> AsyncIterator[dict[str, Any]]:
     """Empty prompt/messages: load the model, or unload it when keep_alive is 0."""
     if job.keep_alive is not None and job.keep_alive <= 0:
-        await scheduler_of(ctx).unload(str(job.ref.spec.model_path))
+        await scheduler_of(ctx).unload(job.ref)
         yield shape("unload")
         return
     async with leased(ctx, job):

@@ -37,6 +37,12 @@ def make(engine: ScriptedEngine | None = None, memory: int = 10**12, **cfg: obje
     return sched, engine, clock
 
 
+def loaded(sched: Scheduler) -> list[str]:
+    """The model files of the loaded runners (the table is keyed by their load specs)."""
+    assert all(spec == entry.ref.spec for spec, entry in sched.loaded.items())
+    return sorted(str(spec.model_path) for spec in sched.loaded)
+
+
 async def use(sched: Scheduler, r: ModelRef, keep_alive: float | None = None, hold: float = 0.0) -> str:
     async with sched.lease(r, keep_alive) as runner:
         await asyncio.sleep(hold)
@@ -90,7 +96,7 @@ def test_keep_alive_zero_unloads_at_once_and_negative_never() -> None:
         await use(sched, ref("/m/b"), keep_alive=math.inf)
         clock.now += 10**9
         await sched.reap()
-        assert list(sched.loaded) == ["/m/b"]
+        assert loaded(sched) == ["/m/b"]
     asyncio.run(main())
 
 
@@ -105,6 +111,20 @@ def test_reload_only_when_load_options_change() -> None:
     asyncio.run(main())
 
 
+def test_unload_by_ref_finds_its_model_whatever_the_runner_was_loaded_with() -> None:
+    async def main() -> None:
+        sched, engine, _ = make()
+        big = ref("/m/a", num_ctx=8192)
+        flexible = ModelRef(name="/m/a", digest="d" * 64, spec=ref("/m/a", num_ctx=2048).spec, ctx_flexible=True)
+        await use(sched, big)
+        assert await use(sched, flexible) == "Hello world!" and len(engine.runners) == 1  # served by `big`
+        assert list(sched.loaded) == [big.spec]
+        assert not await sched.unload(ref("/m/b"))
+        assert await sched.unload(ref("/m/a", num_ctx=1024))  # other options: the same model
+        assert not sched.loaded and engine.runners[0].closed
+    asyncio.run(main())
+
+
 def test_evicts_least_recently_used_idle_runner_at_max_loaded() -> None:
     async def main() -> None:
         sched, _, clock = make(max_loaded_models=2)
@@ -115,7 +135,7 @@ def test_evicts_least_recently_used_idle_runner_at_max_loaded() -> None:
         await use(sched, ref("/m/a"))  # a is now the most recently used
         clock.now += 1
         await use(sched, ref("/m/c"))
-        assert sorted(sched.loaded) == ["/m/a", "/m/c"]
+        assert loaded(sched) == ["/m/a", "/m/c"]
     asyncio.run(main())
 
 
@@ -126,7 +146,7 @@ def test_too_big_for_memory_fails_clearly_without_evicting() -> None:
         await use(sched, ref("/m/a"))
         with pytest.raises(CorralError, match="model requires more system memory"):
             await use(sched, ref("/m/huge"))
-        assert list(sched.loaded) == ["/m/a"]
+        assert loaded(sched) == ["/m/a"]
         assert sched.pending == 0
     asyncio.run(main())
 
@@ -146,7 +166,7 @@ def test_evicts_idle_runner_to_fit_memory() -> None:
 
         sched._unload = unload_and_free  # type: ignore[method-assign]
         await use(sched, ref("/m/b"))
-        assert list(sched.loaded) == ["/m/b"]
+        assert loaded(sched) == ["/m/b"]
     asyncio.run(main())
 
 
@@ -168,5 +188,5 @@ def test_waits_for_a_busy_runner_instead_of_failing_when_at_max_loaded() -> None
         await asyncio.sleep(0.01)
         second = await use(sched, ref("/m/b"))
         assert await first == "Hello world!" and second == "Hello world!"
-        assert list(sched.loaded) == ["/m/b"]
+        assert loaded(sched) == ["/m/b"]
     asyncio.run(main())
