@@ -296,6 +296,8 @@ class Settings(BaseModel):
     cache_disk: Path | None = Field(None, description="directory where prompt-cache entries are kept across "
                                     "unloads and restarts (off when unset)")
     cache_disk_max: str = Field("10GiB", description="size bound of CORRAL_CACHE_DISK")
+    engine: str = Field("llamacpp", description="what runs the models: llamacpp, or fake (scripted answers, "
+                        "no model is run: for demos and tests of clients)")
     backend: str = Field("auto", description="llama.cpp build for the runners: auto, cpu, cuda, vulkan "
                          "or cpu-rpc (auto: a built cuda or vulkan variant that finds a device, else cpu)")
     backends_dir: Path = Field(Path("~/.cache/corral/backends"), description="where scripts/build_backend.sh "

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import psutil
@@ -19,6 +20,8 @@ from fastapi import FastAPI
 from corral.auth.authenticator import auth_configured
 from corral.cli.listener import deadline_protocol
 from corral.config import Settings
+from corral.engine.base import Engine
+from corral.engine.fake import ScriptedEngine
 from corral.engine.llamacpp.backend import Backend, log_devices
 from corral.engine.llamacpp.backend import select as select_backend
 from corral.engine.llamacpp.proc import LlamaCppEngine
@@ -91,11 +94,8 @@ def rpc_workers(cfg: Settings) -> WorkerPool | None:
         sys.exit(f"Error: CORRAL_RPC_WORKERS is set, but {exc.message}")
 
 
-def build_app(cfg: Settings, keypair: KeyPair | None = None) -> FastAPI:
-    """The composition root: store, engine, scheduler and the server's services, from the settings."""
-    cfg.home.mkdir(parents=True, exist_ok=True)
-    store = Store(cfg.models_dir)
-    engine = LlamaCppEngine(
+def llamacpp_engine(cfg: Settings) -> Engine:
+    return LlamaCppEngine(
         log_dir=cfg.home / "logs",
         load_timeout=cfg.load_timeout_seconds,
         backend=choose_backend(cfg),
@@ -106,7 +106,23 @@ def build_app(cfg: Settings, keypair: KeyPair | None = None) -> FastAPI:
         cache_disk_max=cfg.cache_disk_max_bytes,
         rpc=rpc_workers(cfg),
     )
-    scheduler = Scheduler(engine, cfg)
+
+
+# The engines `CORRAL_ENGINE` chooses from: a new engine is its module plus one line here.
+ENGINES: dict[str, Callable[[Settings], Engine]] = {
+    "llamacpp": llamacpp_engine,
+    "fake": lambda cfg: ScriptedEngine(),
+}
+
+
+def build_app(cfg: Settings, keypair: KeyPair | None = None) -> FastAPI:
+    """The composition root: store, engine, scheduler and the server's services, from the settings."""
+    make_engine = ENGINES.get(cfg.engine)
+    if make_engine is None:
+        sys.exit(f"Error: unknown engine {cfg.engine!r} (CORRAL_ENGINE: {', '.join(ENGINES)})")
+    cfg.home.mkdir(parents=True, exist_ok=True)
+    store = Store(cfg.models_dir)
+    scheduler = Scheduler(make_engine(cfg), cfg)
     services = Services.from_settings(cfg, registry_keypair=keypair, hf_endpoint=os.environ.get("HF_ENDPOINT"))
     return create_app(cfg, store, scheduler=scheduler, services=services)
 
