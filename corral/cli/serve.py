@@ -26,6 +26,7 @@ from corral.engine.llamacpp.backend import Backend, log_devices
 from corral.engine.llamacpp.backend import select as select_backend
 from corral.engine.llamacpp.proc import LlamaCppEngine
 from corral.engine.llamacpp.rpcpool import WorkerPool
+from corral.engine.llamacpp.tuning import RunnerTuning
 from corral.errors import CorralError
 from corral.registry.auth import KEY_NAME, KeyPair, ensure_keypair
 from corral.scheduler import SHUTDOWN_GRACE, Scheduler
@@ -105,6 +106,7 @@ def llamacpp_engine(cfg: Settings) -> Engine:
         cache_disk=cfg.cache_disk,
         cache_disk_max=cfg.cache_disk_max_bytes,
         rpc=rpc_workers(cfg),
+        tuning=RunnerTuning(cfg.flash_attention, cfg.kv_cache_type, cfg.kv_unified),
     )
 
 

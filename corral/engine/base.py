@@ -25,9 +25,6 @@ class LoadSpec:
     num_parallel: int = 1
     embedding: bool = False
     adapters: tuple[Path, ...] = ()
-    flash_attention: bool | None = None
-    kv_cache_type: str = ""
-    kv_unified: bool = False  # one KV buffer shared by all sequences (faster; not batch-invariant)
     projectors: tuple[Path, ...] = ()  # vision projector GGUF (mmproj), read with libmtmd
 
 

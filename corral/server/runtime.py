@@ -90,9 +90,6 @@ async def resolve_job(
         embedding=embedding,
         adapters=tuple(model.adapters),
         projectors=tuple(model.projectors),
-        flash_attention=ctx.settings.flash_attention,
-        kv_cache_type=ctx.settings.kv_cache_type,
-        kv_unified=ctx.settings.kv_unified,
     )
     short = model.name.display_shortest()
     details = model_details(model).dump()

@@ -13,14 +13,17 @@ import llama_cpp as ll
 import pytest
 
 from corral.engine.base import GenerateParams, LoadSpec
+from corral.engine.llamacpp import backend
 from corral.engine.llamacpp import protocol as proto
 from corral.engine.llamacpp.batch import UNLOADED, BatchLoop
 from corral.engine.llamacpp.cstruct import c_fields, new, set_fields
 from corral.engine.llamacpp.model import ContextConfig, context_params, model_params
-from corral.engine.llamacpp.proc import runner_argv
+from corral.engine.llamacpp.proc import LlamaCppEngine, runner_argv
 from corral.engine.llamacpp.runner import RunnerServer
 from corral.engine.llamacpp.threadpool import Threadpool, loaded_library
+from corral.engine.llamacpp.tuning import RunnerTuning
 from corral.errors import CorralError, PayloadTooLargeError
+from corral.fit import FitRequest
 from corral.schemas.options import LoadOptions, SampleOptions
 
 
@@ -137,3 +140,25 @@ def test_runner_argv_passes_mmap_and_line_limit(use_mmap: bool | None, flag: lis
     tail = argv[argv.index("--mmap") : argv.index("--mmap") + 2] if "--mmap" in argv else []
     assert tail == flag
     assert "--no-mmap" not in argv
+
+
+@pytest.mark.parametrize(
+    ("tuning", "flags"),
+    [
+        (RunnerTuning(), ["--flash-attn", "auto"]),
+        (RunnerTuning(flash_attention=False, kv_cache_type="q8_0", kv_unified=True),
+         ["--flash-attn", "off", "--kv-cache-type", "q8_0", "--kv-unified"]),
+        (RunnerTuning(flash_attention=True), ["--flash-attn", "on"]),
+    ],
+)
+def test_runner_tuning_is_the_engines_not_the_specs(tuning: RunnerTuning, flags: list[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = LoadSpec(model_path=Path("/m.gguf"))
+    assert not {"--flash-attn", "--kv-cache-type", "--kv-unified"} & set(runner_argv(spec, "/tmp/s", "python"))
+    assert tuning.argv() == flags
+    seen: list[FitRequest] = []
+    monkeypatch.setattr(backend, "model_layout", lambda path: None)
+    monkeypatch.setattr(backend, "fit", lambda layout, devices, req: seen.append(req))
+    LlamaCppEngine(log_dir=Path("/nonexistent"), tuning=tuning).place(spec)
+    assert seen[0].kv_cache_type == (tuning.kv_cache_type or "f16")
+    assert seen[0].flash_attn is (tuning.flash_attention is not False)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.engine.base import LoadSpec
+from corral.engine.llamacpp.tuning import RunnerTuning
 from corral.errors import CorralError
 from corral.fit import Device, FitRequest, GiB, Layout, Placement, fit, layout_from_gguf, usable
 
@@ -148,16 +149,17 @@ def model_layout(path: Path) -> Layout:
     return _layout(str(path), Path(path).stat().st_mtime_ns)
 
 
-def place(spec: LoadSpec, devices: Sequence[Device]) -> Placement:
+def place(spec: LoadSpec, devices: Sequence[Device], tuning: RunnerTuning | None = None) -> Placement:
     """The placement of `spec` on `devices` (whose `free` is what it may use)."""
+    tuning = tuning or RunnerTuning()
     layout = model_layout(spec.model_path)
     o = spec.options
     cells = o.num_ctx * (1 if spec.embedding else max(spec.num_parallel, 1))
     req = FitRequest(
         n_ctx=cells,
         n_ubatch=min(o.num_batch, 512) if not spec.embedding else o.num_ctx,
-        kv_cache_type=spec.kv_cache_type or "f16",
-        flash_attn=spec.flash_attention is not False,
+        kv_cache_type=tuning.kv_type,
+        flash_attn=tuning.flash_attention is not False,
         num_gpu=o.num_gpu,
         main_gpu=o.main_gpu,
     )
@@ -177,8 +179,10 @@ def placement_argv(p: Placement | None) -> list[str]:
 class Accelerators:
     """The GPU side of `LlamaCppEngine`: the backend's devices and the fit of a spec on them."""
 
-    def __init__(self, backend: Backend | None = None, *, overhead: int = 0, limit: int = 0) -> None:
+    def __init__(self, backend: Backend | None = None, *, overhead: int = 0, limit: int = 0,
+                 tuning: RunnerTuning | None = None) -> None:
         self.backend = backend or Backend()
+        self.tuning = tuning or RunnerTuning()
         self.gpu_overhead = max(overhead, 0)
         self.gpu_memory_limit = max(limit, 0)
 
@@ -189,4 +193,4 @@ class Accelerators:
     def place(self, spec: LoadSpec, used: Mapping[str, int] | None = None) -> Placement:
         """Where `spec`'s layers go, given the bytes corral's loaded runners hold on each device."""
         devices = usable(self.backend.devices, overhead=self.gpu_overhead, limit=self.gpu_memory_limit, used=used)
-        return place(spec, devices)
+        return place(spec, devices, self.tuning)

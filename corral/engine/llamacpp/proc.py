@@ -32,6 +32,7 @@ from corral.fit import Placement
 from . import protocol as proto
 from .backend import Accelerators, Backend, placement_argv
 from .rpcpool import Choice, WorkerPool, in_use
+from .tuning import RunnerTuning
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,6 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = p
     ]
     if spec.embedding:
         argv.append("--embedding")
-    if spec.flash_attention is not None:
-        argv += ["--flash-attn", "on" if spec.flash_attention else "off"]
-    else:
-        # llama.cpp decides, as llama-server's default does; measured on SmolLM2 / 2 cores
-        # (bench/runner_ab.py): +17 % at 1 sequence, +7 % at 4, +16 % at 8 over forcing it off
-        argv += ["--flash-attn", "auto"]
-    if spec.kv_cache_type:
-        argv += ["--kv-cache-type", spec.kv_cache_type]
-    if spec.kv_unified:
-        argv.append("--kv-unified")
     if o.use_mmap is not None:
         argv += ["--mmap", "on" if o.use_mmap else "off"]
     for projector in spec.projectors:
@@ -113,8 +104,9 @@ class LlamaCppEngine(Accelerators):
         gpu_overhead: int = 0,
         gpu_memory_limit: int = 0,
         rpc: WorkerPool | None = None,
+        tuning: RunnerTuning | None = None,
     ) -> None:
-        Accelerators.__init__(self, backend, overhead=gpu_overhead, limit=gpu_memory_limit)
+        Accelerators.__init__(self, backend, overhead=gpu_overhead, limit=gpu_memory_limit, tuning=tuning)
         self.log_dir = Path(log_dir)
         self.load_timeout = load_timeout
         self.python = python
@@ -176,7 +168,7 @@ class LlamaCppEngine(Accelerators):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         sock_dir = tempfile.mkdtemp(prefix="corral-r-")
         sock = os.path.join(sock_dir, "s")
-        argv = runner_argv(spec, sock, self.python, self.max_line)
+        argv = runner_argv(spec, sock, self.python, self.max_line) + self.tuning.argv()
         if not self.extra_bufts:
             argv.append("--no-extra-bufts")
         argv += self._cache_args(spec)
