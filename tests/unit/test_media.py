@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from typing import cast
+
 import pytest
 
 from corral.engine.base import GenerateParams
-from corral.engine.llamacpp.media import MARKER, ImageSpan, MediaPrompt, admit, place_images, pseudo_tokens
+from corral.engine.llamacpp.media import (
+    MARKER,
+    ImageSpan,
+    MediaPrompt,
+    PromptTokens,
+    Vision,
+    admit,
+    place_images,
+    prepare_ahead,
+    pseudo_tokens,
+)
 from corral.errors import BadRequestError
 
 
@@ -55,3 +69,24 @@ def test_a_runner_without_projector_refuses_images() -> None:
     params = GenerateParams(prompt="[img-0] hi", images=[b"\x89PNG"])
     with pytest.raises(BadRequestError, match="no projector layer"):
         admit(None, params, 1024)
+
+
+def test_images_are_prepared_off_the_event_loop_thread_and_admitted_from_there() -> None:
+    class Ahead:
+        def __init__(self) -> None:
+            self.thread: threading.Thread | None = None
+            self.tokens = PromptTokens([1, -5, 2], MediaPrompt())
+            self.params: GenerateParams | None = None
+
+        def stash(self, params: GenerateParams) -> None:
+            self.thread, self.params = threading.current_thread(), params
+
+        def take(self, params: GenerateParams) -> PromptTokens | None:
+            return self.tokens if params is self.params else None
+
+    ahead = Ahead()
+    params = GenerateParams(prompt="[img-0]", images=[b"png"])
+    asyncio.run(prepare_ahead(cast(Vision, ahead), params))
+    assert ahead.thread is not None and ahead.thread is not threading.main_thread()
+    assert admit(cast(Vision, ahead), params, 1024) is ahead.tokens
+    assert params.shift is False  # no context shift under image positions

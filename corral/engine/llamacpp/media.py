@@ -22,11 +22,13 @@ indices.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import logging
 import re
 import sys
+import threading
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -246,6 +248,17 @@ class Vision:
         self.batch = EmbdBatch(model.batch.capacity, self.n_embd)
         # one encoder thread: the vision tower runs while the loop decodes (ctypes calls drop the GIL)
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtmd-encode")
+        self._lock = threading.Lock()  # one mtmd call at a time: tokenizing (any thread) or encoding
+        self._ready: dict[int, tuple[Any, PromptTokens]] = {}  # prepared ahead of the loop, by request
+
+    def stash(self, params: Any) -> None:
+        """Prepare a request's prompt and images before it reaches the loop (any thread)."""
+        self._ready[id(params)] = (params, self.prepare(params.prompt, params.images))
+
+    def take(self, params: Any) -> PromptTokens | None:
+        """What `stash` prepared for this request, if anything."""
+        got = self._ready.pop(id(params), None)
+        return got[1] if got is not None and got[0] is params else None
 
     # --- admission ---------------------------------------------------------------------------
     def prepare(self, prompt: str, images: list[bytes], *, add_special: bool = True) -> PromptTokens:
@@ -257,11 +270,12 @@ class Vision:
         media = MediaPrompt(chunks=chunks)
         bitmaps: list[Any] = []
         try:
-            bitmaps.extend(self._bitmap(images[i], i) for i in order)
             data = text.encode()
             inp = new(mt.mtmd_input_text, text=data, text_len=len(data), add_special=add_special, parse_special=True)
-            arr = (mt.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
-            rc = mt.mtmd_tokenize(self.ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
+            with self._lock:
+                bitmaps.extend(self._bitmap(images[i], i) for i in order)
+                arr = (mt.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
+                rc = mt.mtmd_tokenize(self.ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
         finally:
             for bm in bitmaps:
                 mt.mtmd_bitmap_free(bm)
@@ -359,10 +373,11 @@ class Vision:
     def _encode(self, media: MediaPrompt | None, span: ImageSpan) -> npt.NDArray[np.float32]:
         """The vision tower on one image (encoder thread; `media` keeps the chunk alive)."""
         del media
-        if mt.mtmd_encode_chunk(self.ctx, span.chunk) != 0:
-            raise CorralError("the vision encoder failed on this image")
-        out = mt.mtmd_get_output_embd(self.ctx)
-        return np.ctypeslib.as_array(out, shape=(span.n_tokens, self.n_embd)).copy()
+        with self._lock:
+            if mt.mtmd_encode_chunk(self.ctx, span.chunk) != 0:
+                raise CorralError("the vision encoder failed on this image")
+            out = mt.mtmd_get_output_embd(self.ctx)
+            return np.ctypeslib.as_array(out, shape=(span.n_tokens, self.n_embd)).copy()
 
     def _decode_piece(self, seq: Prefilling, span: ImageSpan) -> int | None:
         assert span.embd is not None
@@ -407,7 +422,9 @@ def admit(vision: Vision | None, params: Any, num_ctx: int) -> PromptTokens:
     """
     if vision is None:
         raise BadRequestError(NO_VISION)
-    tokens = vision.prepare(params.prompt, params.images)
+    tokens = vision.take(params)
+    if tokens is None:
+        tokens = vision.prepare(params.prompt, params.images)
     if len(tokens) > num_ctx - 1:
         raise BadRequestError(
             f"the prompt with its images is {len(tokens)} tokens, more than the context window "
@@ -415,6 +432,13 @@ def admit(vision: Vision | None, params: Any, num_ctx: int) -> PromptTokens:
         )
     params.shift = False
     return tokens
+
+
+async def prepare_ahead(vision: Vision | None, params: Any) -> None:
+    """Decode and tokenize a request's images on a worker thread before it reaches the loop, so
+    reading and resizing pictures never holds the loop up (a bad image raises its 400 here)."""
+    if vision is not None and params.images:
+        await asyncio.to_thread(vision.stash, params)
 
 
 def align(model: LlamaModel, slot: Slotted, tokens: list[int], n_past: int) -> int:

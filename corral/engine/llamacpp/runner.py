@@ -28,7 +28,7 @@ from corral.errors import BadRequestError, CorralError
 from . import offload, rpcdev
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
-from .media import open_vision
+from .media import open_vision, prepare_ahead
 from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
 from .rerank import RANK_NO_EMBED, is_rank, rerank, token_pieces, tokenize_text
@@ -186,6 +186,11 @@ class RunnerServer:
             await self._send(writer, proto.error_event(BadRequestError("this model does not support generate")))
             return
         params = proto.parse_generate(req)
+        try:
+            await prepare_ahead(self.batch.vision, params)  # images read and tokenized off the loop thread
+        except CorralError as exc:
+            await self._send(writer, proto.error_event(exc))
+            return
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         rid = next(self.ids)
         self.batch.submit(("generate", rid, params, events.put_nowait))
