@@ -1,8 +1,9 @@
 """Images for a model with a projector: llama.cpp's multimodal library (libmtmd) in the runner.
 
 Owns the mtmd context of one runner (`Vision`, loaded from the projector GGUF with the text model),
-the turn of a prompt plus images into one token list with image spans (`Vision.prepare`), and the
-decoding of those spans as embeddings inside the batching loop (`Vision.decode_pending`).
+the turn of a prompt plus images into one token list with image spans (`Vision.prepare`, run on
+a worker thread before the request reaches the loop by `prepare_ahead`), and the decoding of those
+spans as embeddings inside the batching loop (`Vision.decode_pending`).
 
 Prompt contract (the engine's, see `GenerateParams`): image N of the request goes where the
 prompt says `[img-N]` (Ollama's tags); each tag becomes the private mtmd media marker, so text a
