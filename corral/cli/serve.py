@@ -81,7 +81,7 @@ def choose_backend(cfg: Settings) -> Backend:
     except CorralError as exc:
         sys.exit(f"Error: {exc}")
     mem = psutil.virtual_memory()
-    log_devices(backend, int(mem.total), int(mem.available))
+    log_devices(backend, int(mem.total), int(mem.available), overhead=cfg.gpu_overhead, limit=cfg.gpu_memory_limit)
     return backend
 
 

@@ -124,12 +124,13 @@ def select(
     return Backend()
 
 
-def log_devices(backend: Backend, host_total: int, host_free: int) -> None:
-    """One line per compute device, as Ollama logs them at start ("inference compute")."""
-    for d in backend.devices:
+def log_devices(backend: Backend, host_total: int, host_free: int, *, overhead: int = 0, limit: int = 0) -> None:
+    """One line per compute device, as Ollama logs them at start ("inference compute"), with what
+    corral may use of it (`usable`: less CORRAL_GPU_OVERHEAD, at most CORRAL_GPU_MEMORY_LIMIT)."""
+    for d, u in zip(backend.devices, usable(backend.devices, overhead=overhead, limit=limit), strict=True):
         log.info('inference compute id=%d library=%s name=%s description="%s" type=%s total="%.1f GiB" '
-                 'available="%.1f GiB"', d.index, backend.name, d.name, d.description, d.kind,
-                 d.total / GiB, d.free / GiB)
+                 'available="%.1f GiB" usable="%.2f GiB"', d.index, backend.name, d.name, d.description, d.kind,
+                 d.total / GiB, d.free / GiB, u.free / GiB)
     if not backend.devices:
         log.info('inference compute id=cpu library=%s total="%.1f GiB" available="%.1f GiB"',
                  backend.name, host_total / GiB, host_free / GiB)
