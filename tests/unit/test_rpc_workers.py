@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import signal
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ def test_a_runner_lost_with_a_dead_worker_gets_an_error_naming_it() -> None:
 def fake_build(root: Path) -> Path:
     lib = root / "lib"
     lib.mkdir(parents=True)
+    (root / "variant.json").write_text("{}")
     for name in ("libggml.so", "libggml-rpc.so", "libllama.so"):
         (lib / name).write_bytes(b"")
     return lib
@@ -191,9 +193,14 @@ def test_find_rpc_lib_prefers_cpu_rpc_and_says_how_to_build_one(tmp_path: Path,
     monkeypatch.setattr("corral.engine.llamacpp.rpcserver._package_lib_dirs", lambda: [])
     with pytest.raises(CorralError, match=r"build_backend\.sh cpu-rpc"):
         find_rpc_lib(backends=tmp_path)
-    fake_build(tmp_path / "vulkan-0.3.36")
-    fake_build(tmp_path / "cpu-rpc-0.3.36")
-    assert find_rpc_lib(backends=tmp_path) == tmp_path / "cpu-rpc-0.3.36" / "lib"
+    version = importlib.metadata.version("llama-cpp-python")
+    fake_build(tmp_path / f"cpu-rpc-{version}.tmp.123")  # a copy in progress
+    (tmp_path / f"cpu-rpc-{version}.tmp.123" / "variant.json").unlink()
+    fake_build(tmp_path / "cpu-rpc-0.0.1")  # built for other bindings
+    fake_build(tmp_path / f"vulkan-{version}")
+    assert find_rpc_lib(backends=tmp_path) == tmp_path / f"vulkan-{version}" / "lib"
+    fake_build(tmp_path / f"cpu-rpc-{version}")
+    assert find_rpc_lib(backends=tmp_path) == tmp_path / f"cpu-rpc-{version}" / "lib"
     assert rpc_lib_dirs([tmp_path / "nothing"]) == []
 
 

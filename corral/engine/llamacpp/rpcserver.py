@@ -52,10 +52,7 @@ def find_rpc_lib(explicit: str | None = None, backends: Path | None = None) -> P
     if os.environ.get("LLAMA_CPP_LIB_PATH"):
         candidates.append(Path(os.environ["LLAMA_CPP_LIB_PATH"]))
     candidates += _package_lib_dirs()
-    root = backends or default_backends_dir()
-    if root.is_dir():
-        variants = sorted(root.iterdir(), key=lambda p: (not p.name.startswith("cpu-rpc"), p.name))
-        candidates += [v for v in variants if v.is_dir()]
+    candidates += built_variants(backends or default_backends_dir())
     found = rpc_lib_dirs(candidates)
     if not found:
         raise CorralError(
@@ -63,6 +60,19 @@ def find_rpc_lib(explicit: str | None = None, backends: Path | None = None) -> P
             "scripts/build_backend.sh cpu-rpc (or cuda, vulkan), or pass --lib-dir DIR"
         )
     return found[0]
+
+
+def built_variants(root: Path, version: str | None = None) -> list[Path]:
+    """The finished builds of scripts/build_backend.sh for these bindings (`<variant>-<version>` with
+    a variant.json; a copy still in progress has neither), cpu-rpc first."""
+    if not root.is_dir():
+        return []
+    if version is None:
+        import importlib.metadata
+
+        version = importlib.metadata.version("llama-cpp-python")
+    found = [p for p in root.iterdir() if p.name.endswith(f"-{version}") and (p / "variant.json").is_file()]
+    return sorted(found, key=lambda p: (not p.name.startswith("cpu-rpc-"), p.name))
 
 
 def _package_lib_dirs() -> list[Path]:
