@@ -291,6 +291,8 @@ class Settings(BaseModel):
     kv_cache_type: str = Field("", description="f16 (default), q8_0 or q4_0")
     kv_unified: bool = Field(False, description="one KV buffer for all sequences: faster batches, "
                              "but a sequence's output may differ slightly with what runs beside it")
+    speculative: bool = Field(True, description="speculative decoding: n-gram drafts from the prompt and "
+                              "output, and a Modelfile's DRAFT model (off: plain decoding)")
     cache_ram: str = Field("", description="memory for each loaded model's prompt cache beyond its sequences "
                            "(4GiB, 512MiB, bytes; empty = 10% of RAM, at most 8 GiB; 0 = off)")
     cache_disk: Path | None = Field(None, description="directory where prompt-cache entries are kept across "
@@ -337,7 +339,7 @@ class Settings(BaseModel):
     model_defaults: dict[str, ModelDefaults] = Field(
         default_factory=dict, description="per-model defaults ([models.\"name\"] in the config file)")
 
-    @field_validator("noprune", "nohistory", "allow_unauthenticated", "kv_unified", mode="before")
+    @field_validator("noprune", "nohistory", "allow_unauthenticated", "kv_unified", "speculative", mode="before")
     @classmethod
     def _go_bool(cls, value: object) -> bool:
         return parse_env_bool(value)

@@ -106,7 +106,7 @@ def llamacpp_engine(cfg: Settings) -> Engine:
         cache_disk=cfg.cache_disk,
         cache_disk_max=cfg.cache_disk_max_bytes,
         rpc=rpc_workers(cfg),
-        tuning=RunnerTuning(cfg.flash_attention, cfg.kv_cache_type, cfg.kv_unified),
+        tuning=RunnerTuning(cfg.flash_attention, cfg.kv_cache_type, cfg.kv_unified, cfg.speculative),
     )
 
 

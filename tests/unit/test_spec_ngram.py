@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from corral.engine.llamacpp.spec import (
-    FIRST_DRAFT,
+    COST,
     MAX_BACKOFF,
     MAX_DRAFT,
-    MIN_DRAFT,
     NgramIndex,
     SeqSpec,
     Speculator,
@@ -32,7 +31,7 @@ def test_draft_continues_an_earlier_occurrence() -> None:
 def test_no_match_no_draft() -> None:
     assert lookup([1, 2, 3, 4, 5, 6, 7], 4) == (0, [])
     assert lookup([1, 2], 4) == (0, [])
-    assert lookup([1, 2, 3, 4, 1, 2, 3], 0) == (0, [])
+    assert lookup([1, 2, 3, 4, 1, 2, 3], 0) == (3, [])
 
 
 def test_longest_backward_match_wins_over_the_latest() -> None:
@@ -73,41 +72,53 @@ def test_failed_drafts_back_off_exponentially_and_success_resets() -> None:
     tokens = [1, 2, 3, 4, 1, 2, 3]
     waits = []
     for _ in range(8):
-        assert sp.propose(tokens, 16, wide=False)
-        sp.record(len(sp.index.lookup(tokens, sp.k)[1]), 0)
+        draft = sp.propose(tokens, 16, wide=False)
+        assert draft
+        sp.record(len(draft), 0)
         n = 0
-        while not sp.propose(tokens, 16, wide=False):
+        while not sp.propose(tokens, 16, wide=False) and n < 1000:
             n += 1
         waits.append(n)
         sp.skip = 0
     assert waits[:6] == [2, 4, 8, 16, 32, 64]
     assert max(waits) == MAX_BACKOFF
-    assert sp.k == MIN_DRAFT
     sp.record(4, 4)
-    assert sp.fails == 0 and sp.skip == 0 and sp.k == 2 * MIN_DRAFT
+    assert sp.fails == 0 and sp.skip == 0
 
 
-def test_draft_length_adapts_to_acceptance() -> None:
+def test_draft_length_follows_the_acceptance_estimate() -> None:
     sp = SeqSpec()
-    assert sp.k == FIRST_DRAFT
-    for _ in range(10):
-        sp.record(sp.k, sp.k)
-    assert sp.k == MAX_DRAFT
-    sp.record(MAX_DRAFT, MAX_DRAFT - 1)  # mostly accepted: keep the length
-    assert sp.k == MAX_DRAFT and sp.good
-    sp.record(MAX_DRAFT, 3)  # mostly rejected: shorter
-    assert sp.k == MAX_DRAFT // 2 and not sp.good
+    first = sp.length(3, wide=False)
+    assert 1 <= first <= 2  # an unproven sequence drafts little
+    lengths = []
+    for _ in range(12):  # everything accepted: the drafts keep growing
+        k = sp.length(3, wide=False)
+        sp.record(k, k)
+        lengths.append(k)
+    assert lengths == sorted(lengths) and lengths[-1] > 16
+    assert sp.length(3, wide=False) == MAX_DRAFT or sp.chance(3) ** sp.length(3, wide=False) >= COST
+    for _ in range(8):  # drafts cut after one token: short again
+        sp.record(8, 1)
+    assert sp.length(3, wide=False) <= 2
+    # a draft stops where the chance that all of it stands falls below the cost of a token
+    k = sp.length(3, wide=False)
+    p = sp.chance(3)
+    assert p**k >= COST > p ** (k + 1)
 
 
-def test_wide_batches_draft_only_long_matches_or_proven_sequences() -> None:
-    tokens = [1, 2, 3, 4, 5, 1, 2, 3]  # a 3-token match
+def test_a_long_match_is_trusted_from_the_first_draft() -> None:
     sp = SeqSpec()
-    assert sp.propose(tokens, 5, wide=False) == [4, 5, 1, 2, 3]
-    assert sp.propose(tokens, 5, wide=True) == []
-    sp.good = True
-    assert sp.propose(tokens, 5, wide=True) == [4, 5, 1, 2, 3]
-    long = list(range(10, 30)) + [7] + list(range(10, 30))  # a 20-token match
+    assert sp.length(3, wide=False) < sp.length(12, wide=False) < sp.length(24, wide=False)
+    assert sp.length(32, wide=False) >= 32
+
+
+def test_wide_batches_draft_only_near_certain_continuations() -> None:
+    tokens = [1, 2, 3, 4, 5, 1, 2, 3]  # a 3-token match, unproven sequence
+    assert SeqSpec().propose(tokens, 5, wide=False) == [4]
+    assert SeqSpec().propose(tokens, 5, wide=True) == []
+    long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match
     assert SeqSpec().propose(long, 4, wide=True) == [7, 10, 11, 12]
+    assert SeqSpec().length(30, wide=True) < SeqSpec().length(30, wide=False)
 
 
 @dataclass
@@ -198,11 +209,11 @@ def test_verify_stops_when_the_sequence_finishes_inside_the_draft() -> None:
 
 
 def test_plan_respects_context_limit_and_batch_room() -> None:
-    tokens = [1, 2, 3] + list(range(10, 80)) + [1, 2, 3]
+    tokens = [1, 2, 3, *range(10, 80), 1, 2, 3]
     spec = Speculator(lambda s, a, b: True)
 
     def seq(**kw: int) -> FakeSeq:
-        s = FakeSeq(tokens=list(tokens), n_past=len(tokens) - 1, spec=SeqSpec(k=MAX_DRAFT))
+        s = FakeSeq(tokens=list(tokens), n_past=len(tokens) - 1, spec=SeqSpec(hits=1e9, misses=0))
         for k, v in kw.items():
             setattr(s, k, v)
         return s
@@ -215,16 +226,18 @@ def test_plan_respects_context_limit_and_batch_room() -> None:
     c = seq(n_gen=10, limit=14)
     spec.plan([c], num_ctx=4096, capacity=512)
     assert c.spec is not None and len(c.spec.draft) == 3  # never past num_predict
-    d, e = seq(), seq()
-    for s in (d, e):
-        assert s.spec is not None
-        s.spec.good = True  # proven sequences draft in a wide batch
+    d, e = seq(), seq()  # proven sequences draft in a wide batch
     assert spec.plan([d, e], num_ctx=4096, capacity=40) == 38  # the batch holds it all
 
 
 def test_plan_cleans_a_draft_that_was_never_verified() -> None:
     removed: list[tuple[int, int, int]] = []
-    spec = Speculator(lambda s, a, b: removed.append((s, a, b)) or True)
+
+    def seq_rm(s: int, a: int, b: int) -> bool:
+        removed.append((s, a, b))
+        return True
+
+    spec = Speculator(seq_rm)
     s = FakeSeq(tokens=[1, 2, 3, 4, 1, 2, 3], n_past=6, spec=SeqSpec())
     assert s.spec is not None
     s.spec.draft = [4]
@@ -238,7 +251,7 @@ def test_requests_choose_their_drafting() -> None:
     got = spec.for_request(0)
     assert got is not None and got.cap == MAX_DRAFT
     got = spec.for_request(2)
-    assert got is not None and got.cap == 2 and got.k == 2
+    assert got is not None and got.cap == 2
     assert Speculator(lambda s, a, b: True, enabled=False).for_request(0) is None
 
 
@@ -267,3 +280,13 @@ def test_lookup_cost_is_bounded(n: int) -> None:
     idx.sync(tokens)
     m, draft = idx.lookup(tokens, 8)
     assert draft == [7] * 8 and m <= 48
+
+
+def test_the_operator_switch_reaches_the_runner_command_line() -> None:
+    from corral.config import Settings
+    from corral.engine.llamacpp.tuning import RunnerTuning
+
+    assert Settings.from_env({}).speculative is True
+    assert Settings.from_env({"CORRAL_SPECULATIVE": "off"}).speculative is False
+    assert "--no-speculative" not in RunnerTuning().argv()
+    assert "--no-speculative" in RunnerTuning(speculative=False).argv()

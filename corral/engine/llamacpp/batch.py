@@ -103,7 +103,7 @@ class BatchLoop:
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
         self.vision: md.Vision | None = None  # libmtmd, for a model with a projector (media.py)
-        self.spec = Speculator(model.seq_rm)  # speculative decoding (spec.py)
+        self.spec = Speculator(lambda s, p0, p1: self.model.seq_rm(s, p0, p1))  # speculative decoding (spec.py)
         self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
         self.running = True
         self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None

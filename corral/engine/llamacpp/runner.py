@@ -32,6 +32,7 @@ from .media import open_vision, prepare_ahead
 from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
 from .rerank import RANK_NO_EMBED, is_rank, rerank, token_pieces, tokenize_text
+from .spec import can_draft
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
@@ -61,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rpc", action="append", default=[], help="an RPC worker (host:port) to offload layers to")
     p.add_argument("--rpc-split", default="", help="shares of the layers: this machine, then each --rpc worker")
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
+    p.add_argument("--no-speculative", action="store_true", help="no draft tokens (plain decoding)")
     p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
     p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = None if args.embedding else _prompt_cache(args, model)
     loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel, cache=cache)
     loop.vision = vision
+    loop.spec.enabled = not args.no_speculative and can_draft(model)
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:

@@ -20,23 +20,37 @@ Does not build the batch's non-draft part, sample or emit: `batch.py` does, thro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import llama_cpp as ll
+
 if TYPE_CHECKING:
-    from .model import Batch
+    from .model import Batch, LlamaModel
 
 NGRAM = 3  # length of the indexed n-grams (a lookup key)
 MAX_CANDIDATES = 8  # most recent earlier occurrences of the key compared per lookup
 MAX_MATCH = 48  # longest backward match measured (beyond it, a candidate is as good as it gets)
-FIRST_DRAFT = 8  # draft length of a sequence's first draft; doubles on full acceptance
-MIN_DRAFT = 4
 MAX_DRAFT = 64
 MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
-WIDE_MATCH = 8  # in a batch of several sequences, only drafts from a match this long (or after a
-# draft that was mostly accepted) are worth the extra ubatch they cost
+# Verifying one more draft token costs about this fraction of a one-token decode step (SmolLM2 on
+# 2 CPU cores: ~10 ms per extra token against ~20 ms for the step; a GPU is far cheaper). A draft
+# is cut where the chance that its tokens all stand falls below it. In a batch of several
+# generating sequences a draft also costs an extra ubatch, and plain decoding already shares the
+# weights' reads: only near-certain drafts pay there.
+COST = 0.5
+COST_WIDE = 0.85
+DECAY = 0.7  # weight of a sequence's earlier drafts in its acceptance estimate, per draft
+# A long match predicts a copy: the continuation's chance per token is at least this.
+MATCH_PRIOR = ((32, 0.98), (24, 0.97), (16, 0.95), (12, 0.9))
+
+def can_draft(model: LlamaModel) -> bool:
+    """Whether rejected draft positions can be removed from this model's memory (not from the
+    state of a recurrent or hybrid model, which keeps no per-position cells)."""
+    return not (ll.llama_model_is_recurrent(model.model) or ll.llama_model_is_hybrid(model.model))
 
 
 class NgramIndex:
@@ -71,21 +85,21 @@ class NgramIndex:
             self._mark = tokens[-1]
 
     def lookup(self, tokens: Seq[int], k: int) -> tuple[int, list[int]]:
-        """(match length, up to `k` draft tokens) continuing `tokens` as an earlier match did.
+        """(match length, up to `k` draft tokens) continuing `tokens` as an earlier match did."""
+        m, e = self.find(tokens)
+        return (m, continuation(tokens, e, k)) if m else (0, [])
+
+    def find(self, tokens: Seq[int]) -> tuple[int, int]:
+        """(match length, end position) of the best earlier occurrence of the list's suffix;
+        (0, -1) when there is none.
 
         Of the latest occurrences of the last `n` tokens, the one whose match extends furthest
-        back wins (ties: the latest). A continuation that runs into the current suffix repeats
-        with the match's period (a loop continues). Drafts stop before negative ids (image
-        positions are not tokens).
+        back wins (ties: the latest).
         """
         size, n = len(tokens), self.n
-        if size < n or k <= 0:
-            return 0, []
-        cands = self.ends.get(tuple(tokens[size - n :]))
-        if not cands:
-            return 0, []
+        cands = self.ends.get(tuple(tokens[size - n :])) if size >= n else None
         best_e, best_m = -1, 0
-        for e in reversed(cands[-MAX_CANDIDATES:]):
+        for e in reversed(cands[-MAX_CANDIDATES:] if cands else ()):
             if e >= size:
                 continue
             m = n
@@ -93,30 +107,52 @@ class NgramIndex:
                 m += 1
             if m > best_m:
                 best_e, best_m = e, m
-        draft: list[int] = []
-        for i in range(k):
-            j = best_e + i
-            t = tokens[j] if j < size else draft[j - size]
-            if t < 0:
-                break
-            draft.append(t)
-        return best_m, draft
+        return best_m, best_e
+
+
+def continuation(tokens: Seq[int], e: int, k: int) -> list[int]:
+    """Up to `k` tokens following position `e` of `tokens`. One that runs into the list's end
+    repeats with the match's period (a loop continues). Stops before a negative id (an image
+    position is not a token)."""
+    size = len(tokens)
+    draft: list[int] = []
+    for i in range(k):
+        j = e + i
+        t = tokens[j] if j < size else draft[j - size]
+        if t < 0:
+            break
+        draft.append(t)
+    return draft
 
 
 @dataclass
 class SeqSpec:
-    """One sequence's drafting state: its n-gram index, draft length and back-off."""
+    """One sequence's drafting state: its n-gram index, acceptance estimate and back-off."""
 
     cap: int = MAX_DRAFT  # longest draft this request allows (draft_num_predict)
     index: NgramIndex = field(default_factory=NgramIndex)
-    k: int = FIRST_DRAFT
+    hits: float = 2.0  # draft tokens accepted (decayed per draft)
+    misses: float = 1.0  # drafts cut short by a rejection (decayed per draft)
     skip: int = 0  # steps left before the next lookup
     fails: int = 0  # consecutive drafts of which nothing was accepted
-    good: bool = False  # the last draft was mostly accepted
     draft: list[int] = field(default_factory=list)  # in flight this step
     n_drafts: int = 0
     n_drafted: int = 0
     n_accepted: int = 0
+
+    def chance(self, match: int) -> float:
+        """Estimated chance that a draft token stands, given the ones before it did."""
+        p = (self.hits + 1.0) / (self.hits + self.misses + 2.0)
+        for length, prior in MATCH_PRIOR:
+            if match >= length:
+                return max(p, prior)
+        return p
+
+    def length(self, match: int, wide: bool) -> int:
+        """Draft length: as long as the chance that all of it stands stays above the cost."""
+        p = self.chance(match)
+        cost = COST_WIDE if wide else COST
+        return MAX_DRAFT if p >= 1.0 else min(int(math.log(cost) / math.log(p)), MAX_DRAFT)
 
     def propose(self, tokens: Seq[int], room: int, wide: bool) -> list[int]:
         """A draft to verify after `tokens` (at most `room` tokens), or [] this step."""
@@ -124,27 +160,26 @@ class SeqSpec:
         if self.skip > 0:
             self.skip -= 1
             return []
-        m, draft = self.index.lookup(tokens, min(self.k, self.cap, room))
-        if wide and m < WIDE_MATCH and not self.good:
+        m, e = self.index.find(tokens)
+        if not m:
             return []
-        return draft
+        # alone, an unpromising sequence still probes with one token (its back-off bounds the
+        # cost), so that it notices when its output starts to repeat
+        k = self.length(m, wide) if wide else max(self.length(m, wide), 1)
+        return continuation(tokens, e, min(k, self.cap, room))
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Adapt to a verified draft: longer after full acceptance, back off after a miss."""
+        """Learn from a verified draft; after drafts of which nothing stood, back off."""
         self.n_drafts += 1
         self.n_drafted += drafted
         self.n_accepted += accepted
-        self.good = 2 * accepted >= drafted
+        self.hits = DECAY * self.hits + accepted
+        self.misses = DECAY * self.misses + (1.0 if accepted < drafted else 0.0)
         if accepted == 0:
             self.fails += 1
             self.skip = min(1 << self.fails, MAX_BACKOFF)
-            self.k = max(self.k // 2, MIN_DRAFT)
-            return
-        self.fails = 0
-        if accepted == drafted:
-            self.k = min(self.k * 2, MAX_DRAFT)
-        elif not self.good:
-            self.k = max(self.k // 2, MIN_DRAFT)
+        else:
+            self.fails = 0
 
 
 class SpecSeq(Protocol):
@@ -180,7 +215,7 @@ class Speculator:
         if not self.enabled or draft_num_predict < 0:
             return None
         cap = min(draft_num_predict, MAX_DRAFT) if draft_num_predict > 0 else MAX_DRAFT
-        return SeqSpec(cap=cap, k=min(FIRST_DRAFT, cap))
+        return SeqSpec(cap=cap)
 
     def plan(self, seqs: list[Any], num_ctx: int, capacity: int) -> int:
         """Choose this step's drafts (`seq.spec.draft`) for the generating `seqs`; returns the

@@ -13,6 +13,7 @@ class RunnerTuning:
     flash_attention: bool | None = None  # None: llama.cpp decides (`auto`)
     kv_cache_type: str = ""  # "" = f16; q8_0, q4_0
     kv_unified: bool = False  # one KV buffer shared by all sequences (faster; not batch-invariant)
+    speculative: bool = True  # CORRAL_SPECULATIVE: draft tokens verified in the batch (spec.py)
 
     @property
     def kv_type(self) -> str:
@@ -30,4 +31,6 @@ class RunnerTuning:
             argv += ["--kv-cache-type", self.kv_cache_type]
         if self.kv_unified:
             argv.append("--kv-unified")
+        if not self.speculative:
+            argv.append("--no-speculative")
         return argv
