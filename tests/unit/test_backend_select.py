@@ -100,3 +100,11 @@ def test_settings() -> None:
     assert cfg.backends_dir == Path("~/b").expanduser()
     with pytest.raises(ValueError, match="unknown backend"):
         Settings.from_env({"CORRAL_BACKEND": "rocm"})
+
+
+def test_auto_on_macos_uses_the_wheels_metal_device(tmp_path: Path) -> None:
+    metal = {"all": [], "offload": [{"index": 0, "name": "MTL0", "description": "Apple M2", "kind": "gpu",
+                                     "total": 8 << 30, "free": 6 << 30}]}
+    got = select("auto", tmp_path, python=fake_python(tmp_path, metal), environ={}, platform="darwin")
+    assert got.lib is None and [d.name for d in got.devices] == ["MTL0"]
+    assert select("cpu", tmp_path, python="/nonexistent/python", platform="darwin") == Backend()

@@ -8,7 +8,8 @@ the same version and pip's wheel cache never mixes a CPU wheel with a GPU build.
 
 `auto` takes a built cuda variant, else a built vulkan one, and keeps it only if ggml finds an
 accelerator through it (a Vulkan build on a machine whose only Vulkan device is the CPU would just
-be a slower start); `cpu`, `cuda`, `vulkan`, `cpu-rpc` force a choice.
+be a slower start), else the wheel (on macOS the wheel is built with Metal: its devices are
+discovered too); `cpu`, `cuda`, `vulkan`, `cpu-rpc` force a choice (`cpu`: no device at all).
 """
 
 from __future__ import annotations
@@ -69,8 +70,6 @@ class Backend:
 
 def discover(backend: Backend, python: str = sys.executable, timeout: float = DISCOVERY_TIMEOUT) -> Backend:
     """Ask ggml, in a child process using `backend`'s libraries, which devices it sees."""
-    if backend.lib is None:
-        return backend
     argv = [python, "-m", "corral.engine.llamacpp.devices"]
     try:
         out = subprocess.run(argv, env=backend.env(), capture_output=True, text=True, timeout=timeout, check=False)
@@ -95,7 +94,12 @@ def may_have_device(variant: str, environ: Mapping[str, str], dev: Path = Path("
 
 
 def select(
-    choice: str, backends_dir: Path, *, python: str = sys.executable, environ: Mapping[str, str] | None = None
+    choice: str,
+    backends_dir: Path,
+    *,
+    python: str = sys.executable,
+    environ: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
 ) -> Backend:
     """The build to use for `choice` (see the module doc), with its devices discovered."""
     environ = os.environ if environ is None else environ
@@ -121,7 +125,8 @@ def select(
         if found.devices:
             return found
         log.info("the %s build finds no accelerator here; using the CPU build", name)
-    return Backend()
+    # the wheel: CPU-only on Linux; on macOS it is llama.cpp's default build, with Metal
+    return discover(Backend(), python) if platform == "darwin" else Backend()
 
 
 def log_devices(backend: Backend, host_total: int, host_free: int, *, overhead: int = 0, limit: int = 0) -> None:
