@@ -124,8 +124,9 @@ def worker(host: str, port: int, mem: int | None, allow_unauthenticated: bool, d
     server = lib.serve(f"{host}:{port}", chosen, threads=threads or os.cpu_count() or 1, cache_dir=cache_dir)
     if not _wait_listening(host, port, server):
         sys.exit(f"Error: the RPC server could not start on {host}:{port} (see above)")
+    reach = "<this machine's address>" if host == "0.0.0.0" else host
     click.echo(f"corral worker listening on {host}:{port} (llama.cpp RPC, libraries from {lib.lib_dir}); "
-               f"servers use it with CORRAL_RPC_WORKERS={host}:{port}", err=True)
+               f"servers use it with CORRAL_RPC_WORKERS={reach}:{port}", err=True)
     while server.is_alive():
         server.join(1.0)
     sys.exit(1)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from corral.cli.run import rpc_lines, rpc_processor
 from corral.cli.worker import check_bind, worker
 from corral.config import Settings
+from corral.configfile import ConfigError, load_settings
 from corral.engine.base import LoadSpec
 from corral.engine.llamacpp import rpc
 from corral.engine.llamacpp.proc import LlamaCppEngine, RunnerCrashedError
@@ -34,6 +35,16 @@ def test_workers_and_split_are_read_once_from_the_environment() -> None:
     assert s.rpc_shares == (1.0, 2.0, 1.0)
     assert Settings.from_env({}).rpc_workers == ()
     assert Settings.from_env({}).rpc_shares == ()
+
+
+def test_workers_and_split_from_the_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "corral.toml"
+    conf.write_text('rpc_workers = ["10.0.0.2:50052", "10.0.0.3"]\nrpc_split = "0,1,1"\n')
+    s = load_settings({}, conf)
+    assert s.rpc_workers == ("10.0.0.2:50052", "10.0.0.3:50052") and s.rpc_shares == (0.0, 1.0, 1.0)
+    conf.write_text('rpc_workers = ["10.0.0.2:50052"]\nrpc_split = "0,1,1"\n')
+    with pytest.raises(ConfigError, match="3 shares for 1 RPC workers"):
+        load_settings({}, conf)
 
 
 @pytest.mark.parametrize("env, says", [
