@@ -152,6 +152,10 @@ def test_a_model_larger_than_the_cap_is_split_as_fitted_and_reported(gpu: Server
     assert 0 < device <= CAP  # what the fit chose is what llama.cpp allocated, within the cap
     log = gpu.log_tail(20000)
     assert f"loaded {SMALL.removesuffix(':latest')}" in log and f"({layers}/{total} layers offloaded" in log
+    planned = re.findall(rf"\({layers}/{total} layers offloaded \(\w+ {layers} layers ([0-9.]+) GiB\)\)", log)
+    assert planned, log[-3000:]
+    estimate = float(planned[-1]) * 1024 * MiB  # the fit's bytes for the device, as the log rounds them
+    assert device * 0.95 <= estimate <= device * 1.3, (estimate, device)  # close, and not below llama.cpp's
     m = ps(http, SMALL)
     assert m["size_vram"] == device and m["size"] == sum(buffers.values())
     cpu = round((m["size"] - device) * 100 / m["size"])
