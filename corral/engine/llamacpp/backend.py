@@ -125,8 +125,12 @@ def select(
         if found.devices:
             return found
         log.info("the %s build finds no accelerator here; using the CPU build", name)
-    # the wheel: CPU-only on Linux; on macOS it is llama.cpp's default build, with Metal
-    return discover(Backend(), python) if platform == "darwin" else Backend()
+    if platform == "darwin":  # the wheel: CPU-only on Linux; on macOS llama.cpp's default build, with Metal
+        try:
+            return discover(Backend(), python)
+        except CorralError as exc:
+            log.warning("no Metal device: %s", exc)
+    return Backend()
 
 
 def log_devices(backend: Backend, host_total: int, host_free: int, *, overhead: int = 0, limit: int = 0) -> None:
