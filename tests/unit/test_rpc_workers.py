@@ -302,3 +302,17 @@ def test_the_memory_estimate_leaves_out_what_the_workers_take(tmp_path: Path) ->
     pool = WorkerPool(["a:1"])
     pool.free = {"a:1": rpc.RESERVE_BYTES + (2 << 20)}
     assert LlamaCppEngine(log_dir=tmp_path, rpc=pool).estimate(spec) == local - (2 << 20)
+
+
+def test_protocol_version_matches_the_installed_ggml_rpc_header() -> None:
+    import re
+    import sysconfig
+
+    header = Path(sysconfig.get_paths()["purelib"]) / "include" / "ggml-rpc.h"
+    if not header.is_file():
+        pytest.skip(f"no {header} (llama-cpp-python installs it with the wheel)")
+    text = header.read_text()
+    major = re.search(r"#define RPC_PROTO_MAJOR_VERSION\s+(\d+)", text)
+    minor = re.search(r"#define RPC_PROTO_MINOR_VERSION\s+(\d+)", text)
+    assert major and minor
+    assert (int(major.group(1)), int(minor.group(1))) == (rpc.RPC_PROTO_MAJOR, rpc.RPC_PROTO_MINOR)

@@ -36,7 +36,6 @@ CONN_CAPS_SIZE = 24  # RPC_CONN_CAPS_SIZE (transport.h); zero caps = plain TCP
 DEFAULT_PORT = RPC_DEFAULT_PORT
 PROBE_TIMEOUT = 3.0  # a free worker answers HELLO in milliseconds; a busy one not at all
 RESERVE_BYTES = 256 * 1024 * 1024  # left free on each worker device for its compute buffers
-MiB = 1024 * 1024
 
 
 class WorkerUnavailable(CorralError):
