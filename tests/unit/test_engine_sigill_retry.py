@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral.engine.base import LoadSpec
-from corral.engine.llamacpp.proc import LlamaCppEngine, RunnerCrashedError
+from corral.engine.llamacpp.proc import LlamaCppEngine, Placement, RunnerCrashedError
 
 
 class _Probe(LlamaCppEngine):
@@ -19,7 +19,7 @@ class _Probe(LlamaCppEngine):
         self.calls: list[bool] = []
         self.fail_with = fail_with
 
-    async def _spawn(self, spec: LoadSpec) -> Any:
+    async def _spawn(self, spec: LoadSpec, placement: Placement | None = None) -> Any:
         self.calls.append(self.extra_bufts)
         if self.extra_bufts and self.fail_with is not None:
             raise RunnerCrashedError("llama runner process has terminated", signal=self.fail_with)
