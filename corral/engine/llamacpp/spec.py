@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 NGRAM = 3  # length of the indexed n-grams (a lookup key)
 MAX_CANDIDATES = 8  # most recent earlier occurrences of the key compared per lookup
 MAX_MATCH = 48  # longest backward match measured (beyond it, a candidate is as good as it gets)
-MAX_DRAFT = 64
+# With its draft, a sequence puts at most 63 tokens in a ubatch: from 64 query rows on, ggml's CPU
+# flash attention switches to a tiled kernel whose rounding differs from the one-row kernel plain
+# decoding uses, and greedy output could then differ at a near tie.
+MAX_DRAFT = 62
 MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
 # Verifying one more draft token costs about this fraction of a one-token decode step (SmolLM2 on
 # 2 CPU cores: ~10 ms per extra token against ~20 ms for the step; a GPU is far cheaper). A draft
