@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scenarios", default="decode,multiturn,prefill")
     ap.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times")
+    ap.add_argument("--servers", default="llama-server,corral", help="which servers to run (an A/B of corral "
+                    "settings: --servers corral with CORRAL_* in the environment)")
     args = ap.parse_args()
     binary = subprocess.run([str(ROOT / "bench" / "build_llama_server.sh")], capture_output=True, text=True,
                             check=True).stdout.strip().splitlines()[-1]
@@ -221,11 +223,11 @@ def main() -> None:
     groups = [[s for s in scenarios if s not in SHAPES]] + [[s] for s in scenarios if s in SHAPES]
     for rnd in range(args.rounds):
         for group in (g for g in groups if g):
-            for kind in ("llama-server", "corral"):
+            for kind in args.servers.split(","):
                 summary[kind].append(run_server(kind, group, args.repeat, binary, model, 1000 * (rnd + 1)))
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2))
     for scenario in scenarios:
-        files = [str(OUT / f"{k}-{scenario}.json") for k in ("llama-server", "corral")]
+        files = [str(OUT / f"{k}-{scenario}.json") for k in args.servers.split(",")]
         subprocess.run([sys.executable, str(LOADGEN), "--compare", *files], check=False)
     print(json.dumps(summary, indent=2))
 
