@@ -18,7 +18,9 @@ import httpx
 from corral.errors import ConnectError, CorralError, error_from_status, retry_after_seconds
 from corral.schemas.native import (
     CreateRequest,
+    EmbedResponse,
     ListResponse,
+    ProcessResponse,
     ProgressResponse,
     ShowResponse,
 )
@@ -191,10 +193,8 @@ class Client:
     def chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from self._stream("/api/chat", {**body, "stream": True})
 
-    def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/api/embed", json=body).json()
-        return result
+    def embed(self, body: dict[str, Any]) -> EmbedResponse:
+        return EmbedResponse.model_validate(self._request("POST", "/api/embed", json=body).json())
 
-    def ps(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", "/api/ps").json()
-        return result
+    def ps(self) -> ProcessResponse:
+        return ProcessResponse.model_validate(self._request("GET", "/api/ps").json())

@@ -195,9 +195,9 @@ def context_of(c: Client, model: str) -> int:
     for _ in c.generate({"model": model}):
         pass
     wanted = with_tag(model)
-    for entry in c.ps().get("models", []):
-        if wanted in (with_tag(str(entry.get("name", ""))), with_tag(str(entry.get("model", "")))):
-            return int(entry.get("context_length") or 0)
+    for entry in c.ps().models:
+        if wanted in (with_tag(entry.name), with_tag(entry.model)):
+            return entry.context_length or 0
     return 0
 
 

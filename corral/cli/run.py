@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 import click
@@ -200,14 +199,15 @@ def processor(model: dict[str, Any]) -> str:
 def ps() -> None:
     """List running models."""
     with client() as c:
-        models = c.ps().get("models", [])
+        models = c.ps().models
+    entries = [m.dump() for m in models]  # processor() and the RPC helpers read /api/ps JSON entries
     rows = []
-    for m in models:
-        until = datetime.fromisoformat(m["expires_at"].replace("Z", "+00:00"))
-        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), rpc_processor(m) or processor(m),
-                     str(m.get("context_length", "")), human_time(until)])
+    for m, entry in zip(models, entries, strict=True):
+        context = "" if m.context_length is None else str(m.context_length)
+        rows.append([m.name, m.digest[:12], human_bytes(m.size), rpc_processor(entry) or processor(entry),
+                     context, human_time(m.expires_at)])
     console.print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows), soft_wrap=True)
-    for line in rpc_lines(models):
+    for line in rpc_lines(entries):
         console.print(line, soft_wrap=True, highlight=False)
 
 
@@ -239,7 +239,7 @@ def rpc_lines(models: list[dict[str, Any]]) -> list[str]:
 def stop(model: str) -> None:
     """Stop a running model."""
     with client() as c:
-        running = [m["name"] for m in c.ps().get("models", [])]
+        running = [m.name for m in c.ps().models]
         if not any(_same(model, name) for name in running):
             raise NotFoundError(f'couldn\'t find model "{model}" to stop')
         for _ in c.generate({"model": model, "prompt": "", "keep_alive": 0}):

@@ -166,6 +166,24 @@ class VersionResponse(WireModel):
     version: str
 
 
+class ProcessModel(WireModel):
+    """One loaded model in `/api/ps`."""
+
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: datetime
+    size_vram: int = 0
+    context_length: int | None = None
+    rpc: dict[str, Any] | None = None  # corral's extension: layers on RPC workers (CORRAL_RPC_WORKERS)
+
+
+class ProcessResponse(WireModel):
+    models: list[ProcessModel] = Field(default_factory=list)
+
+
 # Inference -----------------------------------------------------------------------------------
 class GenerateRequest(WireModel):
     model: str
@@ -223,6 +241,22 @@ class EmbeddingsRequest(WireModel):
     prompt: str = ""
     keep_alive: float | int | str | None = None
     options: dict[str, Any] | None = None
+
+
+class EmbedResponse(WireModel):
+    """`/api/embed`: one L2-normalised vector per input (no durations for an empty input)."""
+
+    model: str
+    embeddings: list[list[float]] = Field(default_factory=list)
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingResponse(WireModel):
+    """`/api/embeddings` (legacy): the raw vector of one prompt."""
+
+    embedding: list[float] = Field(default_factory=list)
 
 
 # llama-server's extras (corral extensions; Ollama has none) ------------------------------------

@@ -15,7 +15,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from corral.errors import BadRequestError, CorralError
-from corral.schemas.native import EmbeddingsRequest, EmbedRequest
+from corral.schemas.native import (
+    EmbeddingResponse,
+    EmbeddingsRequest,
+    EmbedRequest,
+    EmbedResponse,
+    ModelDetails,
+    ProcessModel,
+    ProcessResponse,
+)
 from corral.server.context import AppContext, Ctx
 from corral.server.runtime import leased, resolve_job, scheduler_of
 from corral.server.stream import until_disconnected
@@ -43,10 +51,10 @@ def embed_inputs(value: Any) -> list[str]:
 
 @router.post("/api/embed")
 async def embed(req: EmbedRequest, ctx: Ctx, request: Request) -> JSONResponse:
-    return JSONResponse(await until_disconnected(request, embed_response(ctx, req)))
+    return JSONResponse((await until_disconnected(request, embed_response(ctx, req))).dump())
 
 
-async def embed_response(ctx: AppContext, req: EmbedRequest) -> dict[str, Any]:
+async def embed_response(ctx: AppContext, req: EmbedRequest) -> EmbedResponse:
     """The /api/embed body for a request; the OpenAI layer calls this too."""
     inputs = embed_inputs(req.input)
     if req.dimensions is not None and req.dimensions <= 0:
@@ -55,32 +63,27 @@ async def embed_response(ctx: AppContext, req: EmbedRequest) -> dict[str, Any]:
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, load_ns):
         if not inputs:
-            return {"model": req.model, "embeddings": []}
+            return EmbedResponse(model=req.model)
         result = await runner.embed(inputs, truncate=req.truncate is not False)
     vectors = [normalize(v) for v in result.embeddings]
     if req.dimensions is not None:
         vectors = [normalize(v[: req.dimensions]) for v in vectors]
-    return {
-        "model": req.model,
-        "embeddings": vectors,
-        "total_duration": time.monotonic_ns() - started,
-        "load_duration": load_ns,
-        "prompt_eval_count": result.prompt_eval_count,
-    }
+    return EmbedResponse(model=req.model, embeddings=vectors, total_duration=time.monotonic_ns() - started,
+                         load_duration=load_ns, prompt_eval_count=result.prompt_eval_count)
 
 
 @router.post("/api/embeddings")
 async def embeddings(req: EmbeddingsRequest, ctx: Ctx, request: Request) -> JSONResponse:
-    return JSONResponse(await until_disconnected(request, legacy_embedding(ctx, req)))
+    return JSONResponse((await until_disconnected(request, legacy_embedding(ctx, req))).dump())
 
 
-async def legacy_embedding(ctx: AppContext, req: EmbeddingsRequest) -> dict[str, Any]:
+async def legacy_embedding(ctx: AppContext, req: EmbeddingsRequest) -> EmbeddingResponse:
     job = await resolve_job(ctx, req.model, req.options, req.keep_alive)
     async with leased(ctx, job) as (runner, _load_ns):
         if not req.prompt:
-            return {"embedding": []}
+            return EmbeddingResponse()
         result = await runner.embed([req.prompt], truncate=True)
-    return {"embedding": result.embeddings[0]}
+    return EmbeddingResponse(embedding=result.embeddings[0])
 
 
 @router.get("/api/ps")
@@ -88,7 +91,7 @@ async def ps(ctx: Ctx) -> JSONResponse:
     sched = scheduler_of(ctx)
     now_mono = sched.clock()
     now = datetime.now(UTC)
-    models = []
+    models: list[ProcessModel] = []
     for entry in sched.snapshot():
         if entry.refcount > 0 or math.isinf(entry.expires_at):
             remaining = entry.keep_alive
@@ -99,20 +102,18 @@ async def ps(ctx: Ctx) -> JSONResponse:
         else:
             expires = now + timedelta(seconds=max(remaining, 0))
         ref = entry.ref
-        models.append({
-            "name": ref.name,
-            "model": ref.name,
-            "size": entry.runner.memory_bytes or entry.estimate,
-            "digest": ref.digest,
-            "details": ref.details,
-            "expires_at": expires.isoformat().replace("+00:00", "Z"),
-            "size_vram": int(getattr(entry.runner, "vram_bytes", 0)),
-            "context_length": ref.spec.options.num_ctx,
-        })
-        rpc = rpc_offload(entry.runner)
-        if rpc:
-            models[-1]["rpc"] = rpc  # corral's extension: layers on RPC workers (CORRAL_RPC_WORKERS)
-    return JSONResponse({"models": models})
+        models.append(ProcessModel(
+            name=ref.name,
+            model=ref.name,
+            size=entry.runner.memory_bytes or entry.estimate,
+            digest=ref.digest,
+            details=ModelDetails.model_validate(ref.details),
+            expires_at=expires,
+            size_vram=int(getattr(entry.runner, "vram_bytes", 0)),
+            context_length=ref.spec.options.num_ctx,
+            rpc=rpc_offload(entry.runner),
+        ))
+    return JSONResponse(ProcessResponse(models=models).dump())
 
 
 def rpc_offload(runner: object) -> dict[str, Any] | None:

@@ -343,12 +343,12 @@ async def embeddings(req: EmbeddingRequest, ctx: Ctx, request: Request) -> JSONR
                           options=extra_options(req.extras()) or None)
     result = await until_disconnected(request, embed_response(ctx, native))
     data = []
-    for i, vec in enumerate(result["embeddings"]):
+    for i, vec in enumerate(result.embeddings):
         value: Any = vec
         if encoding == "base64":
             value = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
         data.append({"object": "embedding", "embedding": value, "index": i})
-    tokens = result.get("prompt_eval_count", 0)
+    tokens = result.prompt_eval_count or 0
     return JSONResponse({"object": "list", "data": data, "model": req.model,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 

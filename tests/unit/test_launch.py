@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from corral.cli.launch import AGENTS, build_plan, derived_name, execute
 from corral.cli.main import cli
 from corral.config import Settings
+from corral.schemas.native import ProcessResponse
 
 
 def run(tmp_path: Path, *args: str, key: str | None = "sekrit-key-123") -> str:
@@ -134,8 +135,9 @@ class StubClient:
         self.loaded.append(str(body["model"]))
         return [{"done": True}]
 
-    def ps(self) -> dict[str, object]:
-        return {"models": self.models}
+    def ps(self) -> ProcessResponse:
+        base = {"size": 1, "digest": "sha256:" + "0" * 64, "details": {}, "expires_at": "2030-01-01T00:00:00Z"}
+        return ProcessResponse.model_validate({"models": [base | {"model": m["name"]} | m for m in self.models]})
 
 
 def test_context_of_matches_untagged_names() -> None:
