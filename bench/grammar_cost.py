@@ -13,7 +13,8 @@ Reported per case and sampler, from the same run:
   - sampler ms/token: mean thread CPU time inside `sample` (does not depend on machine load the way
     wall clock does), and the overhead it implies over unconstrained decoding:
     (decode_ms + sampler_ms) / (decode_ms + unconstrained sampler_ms) - 1;
-  - the per-seed spread: max / median over seeds of the per-seed per-token cost;
+  - the per-seed spread: max / median over seeds of the per-seed per-token cost (decode + that
+    seed's sampler CPU time), and the same from wall-clock steps (load noise included);
   - rejected: the share of picks the grammar refused (each cost a resample).
 With --replay it also replays each seed's constrained output through the grammar alone and times a
 full-vocabulary apply per token (what the old sampler paid on every token), with the slowest states.
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import llama_cpp as ll  # noqa: E402
 import numpy as np  # noqa: E402
 
-from corral.engine.llamacpp.grammar_filter import Candidates  # noqa: E402
+from corral.engine.llamacpp.grammar_filter import Candidates, prefixes_of  # noqa: E402
 from corral.engine.llamacpp.model import LlamaModel  # noqa: E402
 from corral.engine.llamacpp.sampling import SeqSampler  # noqa: E402
 from corral.grammar import json_grammar, schema_to_gbnf  # noqa: E402
@@ -73,6 +74,7 @@ class Seed:
     tokens: list[int]
     step_ms: float  # median wall ms per token (sample + decode)
     sample_ms: float  # mean thread-CPU ms per token in `sample`
+    sample_wall_ms: float  # mean wall ms per token in `sample`
     rejected: int = 0
 
 
@@ -123,6 +125,7 @@ def measure(model: LlamaModel, prompt: list[int], seeds: list[int], tokens: int)
                     timed.free()
                 results[case, impl].seeds[seed] = Seed(
                     run.tokens, statistics.median(run.step_s) * 1e3, statistics.mean(timed.cpu) * 1e3,
+                    statistics.mean(run.sample_s) * 1e3,
                     getattr(sampler, "n_rejected", 0),
                 )
         print(f"seed {seed} done", file=sys.stderr, flush=True)
@@ -134,8 +137,8 @@ def report(results: dict[tuple[str, str], Case]) -> None:
         s.step_ms - s.sample_ms for i in IMPLS for s in results["unconstrained", i].seeds.values()
     )
     print(f"decode (unconstrained step - sampler): {decode:.2f} ms/token (median)")
-    print(f"{'case':<15}{'sampler':<8}{'ms/token':>9}{'overhead':>9}{'sampler ms':>11}{'est. overhead':>14}"
-          f"{'seed max/med':>13}{'rejected':>9}{'tokens':>7}")
+    print(f"{'case':<15}{'sampler':<8}{'ms/token':>9}{'overhead':>9}{'sampler ms':>11}{'(wall)':>7}"
+          f"{'est. overhead':>14}{'seed max/med':>13}{'(wall)':>7}{'rejected':>9}{'tokens':>7}")
     for impl in IMPLS:
         base = results["unconstrained", impl]
         base_step = statistics.median(s.step_ms for s in base.seeds.values())
@@ -144,12 +147,15 @@ def report(results: dict[tuple[str, str], Case]) -> None:
             seeds = list(results[case, impl].seeds.values())
             step = statistics.median(s.step_ms for s in seeds)
             sample = statistics.mean(s.sample_ms for s in seeds)
+            sample_wall = statistics.mean(s.sample_wall_ms for s in seeds)
             per_seed = [decode + s.sample_ms for s in seeds]
             spread = max(per_seed) / statistics.median(per_seed)
+            wall = max(s.step_ms for s in seeds) / step
             n_tok = sum(len(s.tokens) for s in seeds)
             rejected = sum(s.rejected for s in seeds) / max(n_tok, 1)
-            print(f"{case:<15}{impl:<8}{step:>9.2f}{(step / base_step - 1) * 100:>8.1f}%{sample:>11.3f}"
-                  f"{((decode + sample) / (decode + base_sample) - 1) * 100:>13.1f}%{spread:>12.2f}x"
+            print(f"{case:<15}{impl:<8}{step:>9.2f}{(step / base_step - 1) * 100:>8.1f}%"
+                  f"{sample:>11.3f}{sample_wall:>7.2f}"
+                  f"{((decode + sample) / (decode + base_sample) - 1) * 100:>13.1f}%{spread:>12.2f}x{wall:>6.2f}x"
                   f"{rejected * 100:>8.1f}%{n_tok / len(seeds):>7.0f}")
     print("per seed, sampler ms/token (before -> after):")
     for case in list(CASES)[1:]:
@@ -198,6 +204,9 @@ def main() -> None:
     with loaded(model_path(args.model), n_ctx=1024, threads=args.threads) as model:
         prompt = model.tokenize(PROMPTS[args.model], add_special=True)
         generate(model, SeqSampler(model, SampleOptions(), grammar=None, num_ctx=1024), prompt, 4)  # warm-up
+        t0 = time.perf_counter()
+        prefixes_of(model).advance(model.n_vocab)  # scanned once per model (by the first rejected picks)
+        print(f"prefix table: {time.perf_counter() - t0:.2f} s of scanning, once per loaded model")
         results = measure(model, prompt, seeds, args.tokens)
         print(f"{args.model}, {args.threads} threads, 1 sequence, num_predict={args.tokens}, temperature 0.7,"
               f" seeds {seeds}")

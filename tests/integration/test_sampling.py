@@ -18,6 +18,7 @@ import llama_cpp as ll
 import numpy as np
 import pytest
 
+from corral.engine.llamacpp import grammar_filter, sampling
 from corral.engine.llamacpp.grammar_filter import Candidates, prefixes_of
 from corral.engine.llamacpp.model import LlamaModel
 from corral.engine.llamacpp.sampling import SeqSampler
@@ -80,9 +81,22 @@ def both(model: LlamaModel, name: str, grammar: str | None, **opts: Any) -> tupl
     return old, new
 
 
+@pytest.mark.parametrize("path", ["top", "scan", "table"])
 @pytest.mark.parametrize("fmt", [None, "json", "schema"])
-def test_greedy_output_is_the_full_chains(lm: tuple[str, LlamaModel], fmt: str | None) -> None:
+def test_greedy_output_is_the_full_chains(
+    lm: tuple[str, LlamaModel], fmt: str | None, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way a rejected pick is resampled: among the best raw candidates ("top"); with those
+    ruled out, over the whole vocabulary while the prefix table is being built ("scan"), or over
+    what the finished table leaves ("table")."""
     name, model = lm
+    if fmt is None and path != "top":
+        pytest.skip("no grammar, no resampling")
+    if path != "top":
+        monkeypatch.setattr(sampling, "RESCUE", 1)  # the top candidate was just rejected: none left
+        grammar_filter._CACHE.pop(model, None)
+    if path == "table":
+        assert prefixes_of(model).advance(model.n_vocab)
     grammar = {None: None, "json": json_grammar(), "schema": schema_to_gbnf(SCHEMA)}[fmt]
     old, new = both(model, name, grammar, temperature=0.0)
     assert new == old, (model.detokenize(old), model.detokenize(new))
@@ -173,6 +187,7 @@ def test_prefix_filter_keeps_every_token_the_grammar_allows(lm: tuple[str, Llama
     full = Candidates(model.n_vocab)
     ids = np.arange(model.n_vocab)
     sizes = []
+    assert prefixes_of(model).advance(model.n_vocab)
     try:
         for tok in model.tokenize(text, add_special=False):
             possible = prefixes_of(model).possible(grammar)

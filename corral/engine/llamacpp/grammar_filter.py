@@ -34,6 +34,7 @@ EMPTY = SINGLE + 256  # no text: the grammar rejects it
 EOG = EMPTY + 1
 N_KEYS = EOG + 1
 BIG_GROUP = 512  # first bytes shared by more tokens than this get a second-byte check
+SCAN_SLICE = 8192  # tokens scanned per rejected pick until the table is complete (~40 ms)
 _CACHE: weakref.WeakKeyDictionary[LlamaModel, VocabPrefixes] = weakref.WeakKeyDictionary()
 
 
@@ -74,47 +75,61 @@ class Candidates:
 
 
 def prefixes_of(model: LlamaModel) -> VocabPrefixes:
-    """The model's table, built on first use (~0.5 s per 50k tokens) and kept with the model."""
+    """The model's table (kept with the model); see `VocabPrefixes.advance` for when it is ready."""
     got = _CACHE.get(model)
     if got is None:
-        got = _CACHE[model] = VocabPrefixes(model)
+        got = _CACHE[model] = VocabPrefixes(model.vocab, model.n_vocab)
     return got
 
 
-def _scan(model: LlamaModel) -> tuple[npt.NDArray[np.int32], dict[int, int], dict[int, int]]:
-    """Each token's prefix key, and one token per one-byte text and per two-byte text."""
-    key = np.full(model.n_vocab, EMPTY, dtype=np.int32)
-    one: dict[int, int] = {}
-    two: dict[int, int] = {}
-    eog = set(model.eog_tokens())
-    buf = ctypes.create_string_buffer(8)
-    to_piece, vocab = ll.llama_token_to_piece, model.vocab
-    for t in range(model.n_vocab):
-        n = to_piece(vocab, t, buf, 8, 0, True)
-        if t in eog:
-            key[t] = EOG
-        elif n == 1:
-            key[t] = SINGLE + buf.raw[0]
-            one.setdefault(buf.raw[0], t)
-        elif n >= 2 or n < 0:  # n < 0: longer than the buffer (its first bytes are not written)
-            if n < 0:
-                big = ctypes.create_string_buffer(-n)
-                to_piece(vocab, t, big, -n, 0, True)
-                head = big.raw[:2]
-            else:
-                head = buf.raw[:2]
-            k = head[0] * 256 + head[1]
-            key[t] = k
-            if n == 2:
-                two.setdefault(k, t)
-    return key, one, two
-
-
 class VocabPrefixes:
-    """Per model: token prefix keys and the one- and two-byte tokens that probe the grammar."""
+    """Per model: token prefix keys and the one- and two-byte tokens that probe the grammar.
 
-    def __init__(self, model: LlamaModel) -> None:
-        self.key, one, two = _scan(model)
+    Reading every token's text costs ~10 us per token from Python (1.5-4 s for Gemma-3's 262k),
+    so the scan is done in slices on the loop thread (`advance`), a few milliseconds at a time,
+    by the first rejected picks; they scan the whole vocabulary as before until it is complete.
+    """
+
+    def __init__(self, vocab: Any, n_vocab: int) -> None:
+        self._vocab = vocab
+        self.key = np.full(n_vocab, EMPTY, dtype=np.int32)
+        self._one: dict[int, int] = {}  # byte -> a token whose text is that byte
+        self._two: dict[int, int] = {}  # two-byte key -> a token whose text is those two bytes
+        self._next = 0
+        self.ready = False
+        self.table = np.zeros(N_KEYS, dtype=bool)
+
+    def advance(self, budget: int) -> bool:
+        """Scan up to `budget` more tokens; True once the table is complete."""
+        if self.ready:
+            return True
+        stop = min(self._next + budget, self.key.shape[0])
+        buf = ctypes.create_string_buffer(8)
+        to_piece, is_eog, vocab, key = ll.llama_token_to_piece, ll.llama_vocab_is_eog, self._vocab, self.key
+        for t in range(self._next, stop):
+            n = to_piece(vocab, t, buf, 8, 0, True)
+            if is_eog(vocab, t):
+                key[t] = EOG
+            elif n == 1:
+                key[t] = SINGLE + buf.raw[0]
+                self._one.setdefault(buf.raw[0], t)
+            elif n >= 2 or n < 0:  # n < 0: longer than the buffer, which was left unwritten
+                if n < 0:
+                    big = ctypes.create_string_buffer(-n)
+                    to_piece(vocab, t, big, -n, 0, True)
+                    head = big.raw[:2]
+                else:
+                    head = buf.raw[:2]
+                key[t] = head[0] * 256 + head[1]
+                if n == 2:
+                    self._two.setdefault(int(key[t]), t)
+        self._next = stop
+        if stop == self.key.shape[0]:
+            self._finish()
+        return self.ready
+
+    def _finish(self) -> None:
+        one, two = self._one, self._two
         self.one_bytes = np.array(sorted(one), dtype=np.int64)
         self.one_ids = np.array([one[b] for b in sorted(one)], dtype=np.int64)
         longer = self.key[self.key < PAIRS]
@@ -124,8 +139,8 @@ class VocabPrefixes:
             ks = sorted(k for k in two if k // 256 == b0)
             if ks:
                 self.two[b0] = (np.array([two[k] for k in ks], dtype=np.int64), np.array(ks, dtype=np.int64))
-        self.table = np.zeros(N_KEYS, dtype=bool)
         self._probe = Candidates(max(256, sum(len(v[0]) for v in self.two.values()), 1))
+        self.ready = True
 
     def _ask(self, grammar: Any, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         c = self._probe
@@ -134,7 +149,8 @@ class VocabPrefixes:
         return c.logits() > -np.inf
 
     def possible(self, grammar: Any) -> npt.NDArray[np.int64]:
-        """Ids of every token the grammar may accept next (and of the end-of-generation tokens)."""
+        """Ids of every token the grammar may accept next (and of the end-of-generation tokens);
+        only once `advance` has returned True."""
         first = np.ones(256, dtype=bool)  # a byte no one-byte token spells: kept
         first[self.one_bytes] = self._ask(grammar, self.one_ids)
         table = self.table

@@ -10,7 +10,9 @@ false`): the token is picked without the grammar, then checked against the gramm
 one-candidate array. Only a rejected pick makes the grammar filter the candidates before the chain
 picks again. The grammar and the penalties accept the final token only. After a rejection the
 grammar first sees the best `RESCUE` raw candidates; when at least `top_k` of them (1 when greedy)
-pass, the top-k of the valid tokens lies among them, so the full-vocabulary scan is skipped.
+pass, the top-k of the valid tokens lies among them. Otherwise the grammar checks every token that
+`grammar_filter` could not rule out by its first bytes (the whole vocabulary until that model's
+prefix table is complete), never all 49k-262k tokens one by one as a grammar-first chain does.
 
 Large vocabularies: when `top_k > 0` and no repetition penalty changes logits first, the chain is
 given the exact top-k candidates (selected in numpy, `top_ids`) instead of the whole vocabulary;
@@ -32,7 +34,7 @@ from corral.errors import BadRequestError
 from corral.schemas.options import SampleOptions
 
 from .cstruct import new
-from .grammar_filter import Candidates, prefixes_of
+from .grammar_filter import SCAN_SLICE, Candidates, prefixes_of
 from .model import LlamaModel
 
 RESCUE = 256  # best raw candidates the grammar sees first after a rejected pick
@@ -201,7 +203,11 @@ class SeqSampler:
             if self._full is None:
                 self._full = Candidates(n_vocab)
             c = self._full
-            ids = prefixes_of(self.model).possible(self.grammar)  # every token it may allow, in order
+            prefixes = prefixes_of(self.model)
+            if prefixes.advance(SCAN_SLICE):
+                ids = prefixes.possible(self.grammar)  # every token it may allow, in token order
+            else:
+                ids = _all_ids(n_vocab)
             c.load(ids, logits[ids])
             c.apply(self.grammar)
             if c.n_allowed() == 0:  # the grammar is complete and end-of-generation is banned
