@@ -9,6 +9,7 @@ import pytest
 
 from corral.engine.llamacpp.spec import (
     COST,
+    COST_WIDE,
     MAX_BACKOFF,
     MAX_DRAFT,
     NgramIndex,
@@ -88,28 +89,28 @@ def test_failed_drafts_back_off_exponentially_and_success_resets() -> None:
 
 def test_draft_length_follows_the_acceptance_estimate() -> None:
     sp = SeqSpec()
-    first = sp.length(3, wide=False)
+    first = sp.length(3, COST)
     assert 1 <= first <= 2  # an unproven sequence drafts little
     lengths = []
     for _ in range(12):  # everything accepted: the drafts keep growing
-        k = sp.length(3, wide=False)
+        k = sp.length(3, COST)
         sp.record(k, k)
         lengths.append(k)
     assert lengths == sorted(lengths) and lengths[-1] > 16
-    assert sp.length(3, wide=False) == MAX_DRAFT or sp.chance(3) ** sp.length(3, wide=False) >= COST
+    assert sp.length(3, COST) == MAX_DRAFT or sp.chance(3) ** sp.length(3, COST) >= COST
     for _ in range(8):  # drafts cut after one token: short again
         sp.record(8, 1)
-    assert sp.length(3, wide=False) <= 2
+    assert sp.length(3, COST) <= 2
     # a draft stops where the chance that all of it stands falls below the cost of a token
-    k = sp.length(3, wide=False)
+    k = sp.length(3, COST)
     p = sp.chance(3)
     assert p**k >= COST > p ** (k + 1)
 
 
 def test_a_long_match_is_trusted_from_the_first_draft() -> None:
     sp = SeqSpec()
-    assert sp.length(3, wide=False) < sp.length(12, wide=False) < sp.length(24, wide=False)
-    assert sp.length(32, wide=False) >= 32
+    assert sp.length(3, COST) < sp.length(12, COST) < sp.length(24, COST)
+    assert sp.length(32, COST) >= 32
 
 
 def test_wide_batches_draft_only_near_certain_continuations() -> None:
@@ -118,7 +119,7 @@ def test_wide_batches_draft_only_near_certain_continuations() -> None:
     assert SeqSpec().propose(tokens, 5, wide=True) == []
     long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match
     assert SeqSpec().propose(long, 4, wide=True) == [7, 10, 11, 12]
-    assert SeqSpec().length(30, wide=True) < SeqSpec().length(30, wide=False)
+    assert SeqSpec().length(30, COST_WIDE) < SeqSpec().length(30, COST)
 
 
 @dataclass
@@ -185,7 +186,7 @@ def test_verify_emits_the_agreeing_prefix_and_the_model_s_own_next_token() -> No
     assert seq.tokens == [5, 6, 7, 20, 21, 99]
     assert seq.slot.cached == [5, 6, 7, 20, 21] and seq.n_past == 5  # accepted drafts stay in KV
     assert loop.removed == [(3, 5, -1)]  # the rejected draft's cells go
-    assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2}
+    assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2, "token_cost": COST}
     assert seq.spec is not None and seq.spec.draft == []
 
 
@@ -290,3 +291,23 @@ def test_the_operator_switch_reaches_the_runner_command_line() -> None:
     assert Settings.from_env({"CORRAL_SPECULATIVE": "off"}).speculative is False
     assert "--no-speculative" not in RunnerTuning().argv()
     assert "--no-speculative" in RunnerTuning(speculative=False).argv()
+
+
+def test_the_cost_of_a_draft_token_is_measured() -> None:
+    from corral.engine.llamacpp.spec import COST_RANGE, StepCost
+
+    c = StepCost()
+    assert c.cost() == COST  # nothing measured
+    one = StepCost()
+    for _ in range(20):
+        one.observe(1, 0.020)
+    assert one.cost() == COST  # one size only: no slope
+    for n in (1, 5, 9, 17, 33) * 6:
+        c.observe(n, 0.012 + 0.004 * n)  # a = 12 ms, b = 4 ms per token
+    assert c.cost() == pytest.approx(0.004 / 0.016, rel=0.01)
+    c.observe(500, 10.0)  # a prompt chunk: not a verification
+    assert c.cost() == pytest.approx(0.25, rel=0.01)
+    slow = StepCost()
+    for n in (1, 2, 4, 8) * 5:
+        slow.observe(n, 0.020 * n)  # every token costs a full step: drafts barely pay
+    assert slow.cost() == COST_RANGE[1]

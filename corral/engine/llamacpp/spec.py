@@ -39,13 +39,14 @@ MAX_MATCH = 48  # longest backward match measured (beyond it, a candidate is as 
 # decoding uses, and greedy output could then differ at a near tie.
 MAX_DRAFT = 62
 MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
-# Verifying one more draft token costs about this fraction of a one-token decode step (SmolLM2 on
-# 2 CPU cores: ~10 ms per extra token against ~20 ms for the step; a GPU is far cheaper). A draft
-# is cut where the chance that its tokens all stand falls below it. In a batch of several
-# generating sequences a draft also costs an extra ubatch, and plain decoding already shares the
-# weights' reads: only near-certain drafts pay there.
+# A draft is cut where the chance that all its tokens stand falls below the cost of verifying one
+# more token, as a fraction of a one-token decode step. The runner measures it (`StepCost`); until
+# it has, COST (SmolLM2 on 2 CPU cores: ~10 ms per extra token against ~20 ms for the step; a GPU
+# is far cheaper). In a batch of several generating sequences a draft also costs an extra ubatch,
+# and plain decoding already shares the weights' reads there: only near-certain drafts pay.
 COST = 0.5
 COST_WIDE = 0.85
+COST_RANGE = (0.1, 0.95)
 DECAY = 0.7  # weight of a sequence's earlier drafts in its acceptance estimate, per draft
 # A long match predicts a copy: the continuation's chance per token is at least this.
 MATCH_PRIOR = ((32, 0.98), (24, 0.97), (16, 0.95), (12, 0.9))
@@ -151,14 +152,14 @@ class SeqSpec:
                 return max(p, prior)
         return p
 
-    def length(self, match: int, wide: bool) -> int:
+    def length(self, match: int, cost: float) -> int:
         """Draft length: as long as the chance that all of it stands stays above the cost."""
         p = self.chance(match)
-        cost = COST_WIDE if wide else COST
         return MAX_DRAFT if p >= 1.0 else min(int(math.log(cost) / math.log(p)), MAX_DRAFT)
 
-    def propose(self, tokens: Seq[int], room: int, wide: bool) -> list[int]:
-        """A draft to verify after `tokens` (at most `room` tokens), or [] this step."""
+    def propose(self, tokens: Seq[int], room: int, wide: bool, cost: float = COST) -> list[int]:
+        """A draft to verify after `tokens` (at most `room` tokens), or [] this step; `cost` is
+        that of one more token alone (a wide batch uses COST_WIDE)."""
         self.index.sync(tokens)
         if self.skip > 0:
             self.skip -= 1
@@ -168,7 +169,7 @@ class SeqSpec:
             return []
         # alone, an unpromising sequence still probes with one token (its back-off bounds the
         # cost), so that it notices when its output starts to repeat
-        k = self.length(m, wide) if wide else max(self.length(m, wide), 1)
+        k = self.length(m, COST_WIDE) if wide else max(self.length(m, cost), 1)
         return continuation(tokens, e, min(k, self.cap, room))
 
     def record(self, drafted: int, accepted: int) -> None:
@@ -183,6 +184,40 @@ class SeqSpec:
             self.skip = min(1 << self.fails, MAX_BACKOFF)
         else:
             self.fails = 0
+
+
+class StepCost:
+    """The cost of one more token in a decode, as a fraction of a one-token step, measured: a
+    least-squares line `seconds = a + b * tokens` over recent decodes (exponentially forgotten),
+    giving b / (a + b). Until the decodes have varied enough in size to fit, COST."""
+
+    def __init__(self, decay: float = 0.98, max_tokens: int = 128) -> None:
+        self.decay = decay
+        self.max_tokens = max_tokens  # larger decodes (prompt chunks) take other kernels
+        self.s = [0.0] * 5  # weights, sum n, sum n^2, sum t, sum n*t
+
+    def observe(self, n: int, t: float) -> None:
+        if not 0 < n <= self.max_tokens or t <= 0:
+            return
+        d, s = self.decay, self.s
+        for i, v in enumerate((1.0, n, n * n, t, n * t)):
+            s[i] = d * s[i] + v
+
+    def cost(self) -> float:
+        w, sn, snn, st, snt = self.s
+        if w < 8:
+            return COST
+        mean_n, mean_t = sn / w, st / w
+        var = snn / w - mean_n * mean_n
+        if var < 1.0:
+            return COST
+        b = (snt / w - mean_n * mean_t) / var
+        a = mean_t - b * mean_n
+        if b <= 0:
+            return COST_RANGE[0]
+        if a <= 0:
+            return COST_RANGE[1]
+        return min(max(b / (a + b), COST_RANGE[0]), COST_RANGE[1])
 
 
 class SpecSeq(Protocol):
@@ -208,6 +243,7 @@ class Speculator:
         self.seq_rm = seq_rm
         self.enabled = enabled
         self.max_total = max_total  # draft tokens per step, all sequences together
+        self.costs = StepCost()
         self.drafts = 0
         self.drafted = 0
         self.accepted = 0
@@ -226,6 +262,7 @@ class Speculator:
         token limit, or the batch's room."""
         budget = min(self.max_total, capacity - len(seqs))
         wide = len(seqs) > 1
+        cost = self.costs.cost()
         total = 0
         for seq in seqs:
             sp = seq.spec
@@ -234,7 +271,7 @@ class Speculator:
             if sp.draft:  # decoded but never verified (a failed decode): its cells may remain
                 self.seq_rm(seq.slot.seq_id, seq.n_past, -1)
             room = min(num_ctx - 1 - seq.n_past, seq.limit - seq.n_gen - 1, budget - total)
-            sp.draft = sp.propose(seq.tokens, room, wide) if room > 0 else []
+            sp.draft = sp.propose(seq.tokens, room, wide, cost) if room > 0 else []
             total += len(sp.draft)
         return total
 
@@ -274,6 +311,16 @@ class Speculator:
             batch.n = n + k
         return k
 
+    def observe(self, n_tokens: int, seconds: float) -> None:
+        """A decode of `n_tokens` took `seconds` (feeds the cost of a draft token)."""
+        self.costs.observe(n_tokens, seconds)
+
     def status(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "drafts": self.drafts, "drafted": self.drafted, "accepted": self.accepted}
+        return {
+            "enabled": self.enabled,
+            "drafts": self.drafts,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "token_cost": round(self.costs.cost(), 3),
+        }
 
