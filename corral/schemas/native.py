@@ -243,6 +243,54 @@ class EmbeddingsRequest(WireModel):
     options: dict[str, Any] | None = None
 
 
+class Logprob(WireModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # omitempty, as in Go
+
+
+class TokenLogprob(Logprob):
+    top_logprobs: list[Logprob] | None = None
+
+
+class GenerateResponse(WireModel):
+    """One `/api/generate` chunk (the last has `done`, the reason and the metrics)."""
+
+    model: str
+    created_at: datetime
+    response: str = ""
+    thinking: str | None = None
+    done: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_cache_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+    context: list[int] | None = None
+
+
+class ChatResponse(WireModel):
+    """One `/api/chat` chunk (the last has `done`, the reason and the metrics)."""
+
+    model: str
+    created_at: datetime
+    message: Message
+    done: bool = False
+    logprobs: list[TokenLogprob] | None = None
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_cache_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
 class EmbedResponse(WireModel):
     """`/api/embed`: one L2-normalised vector per input (no durations for an empty input)."""
 

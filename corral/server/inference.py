@@ -19,7 +19,15 @@ from fastapi.responses import JSONResponse, Response
 
 from corral.engine.base import Chunk, GenerateParams, Metrics
 from corral.errors import BadRequestError, PromptTooLongError
-from corral.schemas.native import ChatRequest, GenerateRequest, Message
+from corral.schemas.native import (
+    ChatRequest,
+    ChatResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Logprob,
+    Message,
+    TokenLogprob,
+)
 from corral.server.adapters import lora_scales
 from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
@@ -74,19 +82,14 @@ def metrics_fields(m: Metrics | None, started_ns: int, load_ns: int, *, context:
     return out
 
 
-def _logprob(token: str, logprob: float, raw: list[int]) -> dict[str, Any]:
-    """One entry of spec §1 `logprobs`: `bytes` is omitempty as in Go."""
-    return {"token": token, "logprob": logprob, **({"bytes": raw} if raw else {})}
-
-
-def logprob_dicts(chunk: Chunk) -> list[dict[str, Any]]:
-    out = []
-    for lp in chunk.logprobs:
-        entry = _logprob(lp.token, lp.logprob, lp.bytes)
-        if lp.top_logprobs:
-            entry["top_logprobs"] = [_logprob(t.token, t.logprob, t.bytes) for t in lp.top_logprobs]
-        out.append(entry)
-    return out
+def token_logprobs(chunk: Chunk) -> list[TokenLogprob]:
+    """Spec §1 `logprobs` of a chunk (`bytes` and `top_logprobs` omitted when empty, as in Go)."""
+    return [
+        TokenLogprob(token=lp.token, logprob=lp.logprob, bytes=lp.bytes or None,
+                     top_logprobs=[Logprob(token=t.token, logprob=t.logprob, bytes=t.bytes or None)
+                                   for t in lp.top_logprobs] or None)
+        for lp in chunk.logprobs
+    ]
 
 
 async def lifecycle_only(ctx: AppContext, job: Job, shape: Callable[[str], dict[str, Any]]
@@ -141,7 +144,7 @@ async def generate_events(ctx: AppContext, req: GenerateRequest) -> AsyncIterato
     images = decode_images(job, req.images, req.model)
 
     def shape(reason: str) -> dict[str, Any]:
-        return {"model": req.model, "created_at": now_iso(), "response": "", "done": True, "done_reason": reason}
+        return GenerateResponse(model=req.model, created_at=datetime.now(UTC), done=True, done_reason=reason).dump()
 
     if not req.prompt and not req.suffix and not images:
         return lifecycle_only(ctx, job, shape)
@@ -178,17 +181,14 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
             piece = splitter.feed(chunk.text, final=chunk.done)
             if not (piece or chunk.logprobs or chunk.done):
                 continue
-            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "response": piece.content}
-            if piece.thinking:
-                out["thinking"] = piece.thinking
-            out["done"] = chunk.done
-            if chunk.logprobs:
-                out["logprobs"] = logprob_dicts(chunk)
+            final: dict[str, Any] = {}
             if chunk.done:
-                out["done_reason"] = chunk.done_reason or "stop"
-                out.update(metrics_fields(chunk.metrics, started, load_ns, context=not req.raw))
+                final = {"done_reason": chunk.done_reason or "stop",
+                         **metrics_fields(chunk.metrics, started, load_ns, context=not req.raw)}
                 ctx.record_generation(req.model, chunk.metrics, started, load_ns)
-            yield out
+            yield GenerateResponse(model=req.model, created_at=datetime.now(UTC), response=piece.content,
+                                   thinking=piece.thinking or None, done=chunk.done,
+                                   logprobs=token_logprobs(chunk) or None, **final).dump()
 
 
 async def collect_generate(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
@@ -229,8 +229,8 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
     images = decode_images(job, [i for m in req.messages for i in (m.images or [])], req.model)
 
     def shape(reason: str) -> dict[str, Any]:
-        return {"model": req.model, "created_at": now_iso(), "message": {"role": "assistant", "content": ""},
-                "done": True, "done_reason": reason}
+        return ChatResponse(model=req.model, created_at=datetime.now(UTC), message=Message(role="assistant"),
+                            done=True, done_reason=reason).dump()
 
     if not req.messages:
         return lifecycle_only(ctx, job, shape)
@@ -243,13 +243,9 @@ async def chat_events(ctx: AppContext, req: ChatRequest) -> AsyncIterator[dict[s
     return chat_stream(ctx, job, req, messages, images, plan)
 
 
-def chat_message(piece: Piece) -> dict[str, Any]:
-    msg: dict[str, Any] = {"role": "assistant", "content": piece.content}
-    if piece.thinking:
-        msg["thinking"] = piece.thinking
-    if piece.tool_calls:
-        msg["tool_calls"] = [call.dump() for call in piece.tool_calls]
-    return msg
+def chat_message(piece: Piece) -> Message:
+    return Message(role="assistant", content=piece.content, thinking=piece.thinking or None,
+                   tool_calls=list(piece.tool_calls) or None)
 
 
 async def chat_stream(ctx: AppContext, job: Job, req: ChatRequest, messages: list[Message],
@@ -287,15 +283,13 @@ async def _chat_once(ctx: AppContext, job: Job, req: ChatRequest, messages: list
             piece = splitter.feed(chunk.text, final=chunk.done)
             if not (piece or chunk.logprobs or chunk.done):
                 continue
-            out: dict[str, Any] = {"model": req.model, "created_at": now_iso(), "message": chat_message(piece),
-                                   "done": chunk.done}
-            if chunk.logprobs:
-                out["logprobs"] = logprob_dicts(chunk)
+            final: dict[str, Any] = {}
             if chunk.done:
-                out["done_reason"] = chunk.done_reason or "stop"
-                out.update(metrics_fields(chunk.metrics, started, load_ns, context=False))
+                final = {"done_reason": chunk.done_reason or "stop",
+                         **metrics_fields(chunk.metrics, started, load_ns, context=False)}
                 ctx.record_generation(req.model, chunk.metrics, started, load_ns)
-            yield out
+            yield ChatResponse(model=req.model, created_at=datetime.now(UTC), message=chat_message(piece),
+                               done=chunk.done, logprobs=token_logprobs(chunk) or None, **final).dump()
 
 
 async def collect_chat(items: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:

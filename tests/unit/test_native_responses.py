@@ -9,9 +9,18 @@ from typing import Any
 import httpx
 
 from corral.client import Client
-from corral.schemas.native import EmbeddingResponse, EmbedRequest, EmbedResponse, ProcessResponse
+from corral.engine.base import Chunk, TokenLogprob, TopLogprob
+from corral.schemas.native import (
+    ChatResponse,
+    EmbeddingResponse,
+    EmbedRequest,
+    EmbedResponse,
+    GenerateResponse,
+    ProcessResponse,
+)
 from corral.server.embeddings import embed_response
-from tests.appenv import Env, run
+from corral.server.inference import token_logprobs
+from tests.appenv import Env, lines, run
 
 
 def test_ps_and_embedding_bodies_are_their_types(tmp_path: Path) -> None:
@@ -58,3 +67,37 @@ def test_client_returns_typed_ps_and_embed() -> None:
     assert got.models[0].context_length == 2048 and got.models[0].details.family == "llama"
     assert got.models[0].expires_at.year == 2030 and got.dump()["models"][0]["expires_at"] == "2030-01-02T03:04:05Z"
     assert vec.embeddings == [[0.6, 0.8]] and vec.prompt_eval_count == 1
+
+
+def test_generate_and_chat_chunks_are_their_types(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    ask = {"model": "tiny", "options": {"num_predict": 3}, "logprobs": True, "top_logprobs": 2}
+
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+        async with env.client() as c:
+            gen = await lines(c, "/api/generate", {**ask, "prompt": "hi"})
+            chat = await lines(c, "/api/chat", {**ask, "messages": [{"role": "user", "content": "hi"}]})
+            unload = (await c.post("/api/chat", json={"model": "tiny", "messages": [], "keep_alive": 0})).json()
+        return gen, chat, unload
+
+    gen, chat, unload = run(main())
+    assert all(GenerateResponse.model_validate(x).dump() == x for x in gen)
+    assert all(ChatResponse.model_validate(x).dump() == x for x in chat)
+    assert set(gen[-1]) >= {"model", "created_at", "response", "done", "done_reason", "total_duration",
+                            "load_duration", "prompt_eval_count", "eval_count", "eval_duration", "context"}
+    assert set(gen[0]) <= {"model", "created_at", "response", "done", "logprobs"} and gen[0]["done"] is False
+    assert chat[0]["message"]["role"] == "assistant" and "context" not in chat[-1]
+    assert unload["message"] == {"role": "assistant", "content": ""} and unload["done_reason"] == "unload"
+
+
+def test_logprobs_omit_empty_bytes_and_alternatives_as_go_does() -> None:
+    chunk = Chunk(text="ab", logprobs=[
+        TokenLogprob(token="a", logprob=-0.5, bytes=[97],
+                     top_logprobs=[TopLogprob("a", -0.5, [97]), TopLogprob("", -2.0)]),
+        TokenLogprob(token="b", logprob=-1.0),
+    ])
+    assert [lp.dump() for lp in token_logprobs(chunk)] == [
+        {"token": "a", "logprob": -0.5, "bytes": [97],
+         "top_logprobs": [{"token": "a", "logprob": -0.5, "bytes": [97]}, {"token": "", "logprob": -2.0}]},
+        {"token": "b", "logprob": -1.0},
+    ]
