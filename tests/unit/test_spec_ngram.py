@@ -311,3 +311,28 @@ def test_the_cost_of_a_draft_token_is_measured() -> None:
     for n in (1, 2, 4, 8) * 5:
         slow.observe(n, 0.020 * n)  # every token costs a full step: drafts barely pay
     assert slow.cost() == COST_RANGE[1]
+
+
+def test_a_draft_model_drafts_for_every_sequence_within_the_room() -> None:
+    class Drafter:
+        def __init__(self) -> None:
+            self.asked: list[list[tuple[int, int, int]]] = []
+
+        def draft(self, wants: list[tuple[int, list[int], int]]) -> list[list[int]]:
+            self.asked.append([(sid, len(toks), k) for sid, toks, k in wants])
+            return [[7] * min(k, 3) for _, _, k in wants]
+
+    spec = Speculator(lambda s, a, b: True)
+    d = Drafter()
+    spec.drafter = d  # type: ignore[assignment]
+    assert spec.for_request(-1) is None
+    default, capped = spec.for_request(0), spec.for_request(2)
+    assert default is not None and default.model and default.cap == 4  # Ollama's default
+    assert capped is not None and capped.cap == 2
+    a = FakeSeq(tokens=[1, 2, 3], n_past=2, spec=default)
+    b = FakeSeq(tokens=[4, 5], n_past=1, spec=capped, slot=FakeSlot(seq_id=1))
+    c = FakeSeq(tokens=[6], n_past=0, spec=spec.for_request(0), slot=FakeSlot(seq_id=2), n_gen=9, limit=10)
+    assert spec.plan([a, b, c], num_ctx=4096, capacity=512) == 3 + 2
+    assert d.asked == [[(3, 3, 4), (1, 2, 2)]]  # c is at its token limit: not asked
+    assert a.spec is not None and a.spec.draft == [7, 7, 7]
+    assert b.spec is not None and b.spec.draft == [7, 7]

@@ -32,7 +32,7 @@ from .media import open_vision, prepare_ahead
 from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
 from .rerank import RANK_NO_EMBED, is_rank, rerank, token_pieces, tokenize_text
-from .spec import can_draft
+from .spec import can_draft, open_draft
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rpc-split", default="", help="shares of the layers: this machine, then each --rpc worker")
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     p.add_argument("--no-speculative", action="store_true", help="no draft tokens (plain decoding)")
+    p.add_argument("--draft", default="", help="a draft model's GGUF (same vocabulary) for speculative decoding")
     p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
     p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         model.warmup()
         vision = open_vision(args.mmproj, model, threads)
+        drafter = open_draft(args, model)
     except CorralError as exc:
         print(f"error loading model: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -302,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = BatchLoop(model, num_ctx=args.num_ctx, num_parallel=parallel, cache=cache)
     loop.vision = vision
     loop.spec.enabled = not args.no_speculative and can_draft(model)
+    loop.spec.drafter = drafter
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import llama_cpp as ll
 
 if TYPE_CHECKING:
+    from .draft import DraftModel
     from .model import Batch, LlamaModel
 
 NGRAM = 3  # length of the indexed n-grams (a lookup key)
@@ -47,9 +48,19 @@ MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
 COST = 0.5
 COST_WIDE = 0.85
 COST_RANGE = (0.1, 0.95)
+DRAFT_MODEL_TOKENS = 4  # a draft model's tokens per step when the request sets no draft_num_predict
 DECAY = 0.7  # weight of a sequence's earlier drafts in its acceptance estimate, per draft
 # A long match predicts a copy: the continuation's chance per token is at least this.
 MATCH_PRIOR = ((32, 0.98), (24, 0.97), (16, 0.95), (12, 0.9))
+
+def open_draft(args: Any, model: LlamaModel) -> DraftModel | None:
+    """The runner's draft model (`--draft`), unless drafting is off or the model cannot draft."""
+    if not args.draft or args.no_speculative or not can_draft(model):
+        return None
+    from .draft import DraftModel
+
+    return DraftModel(args.draft, model, extra_bufts=not args.no_extra_bufts)
+
 
 def can_draft(model: LlamaModel) -> bool:
     """Whether rejected draft positions can be removed from this model's memory (not from the
@@ -134,6 +145,7 @@ class SeqSpec:
     """One sequence's drafting state: its n-gram index, acceptance estimate and back-off."""
 
     cap: int = MAX_DRAFT  # longest draft this request allows (draft_num_predict)
+    model: bool = False  # drafts come from the runner's draft model (cap tokens each step)
     index: NgramIndex = field(default_factory=NgramIndex)
     hits: float = 2.0  # draft tokens accepted (decayed per draft)
     misses: float = 1.0  # drafts cut short by a rejection (decayed per draft)
@@ -244,6 +256,7 @@ class Speculator:
         self.enabled = enabled
         self.max_total = max_total  # draft tokens per step, all sequences together
         self.costs = StepCost()
+        self.drafter: DraftModel | None = None  # the Modelfile's DRAFT, loaded beside the model
         self.drafts = 0
         self.drafted = 0
         self.accepted = 0
@@ -253,6 +266,8 @@ class Speculator:
         for this request with a negative `draft_num_predict`); a positive value caps drafts."""
         if not self.enabled or draft_num_predict < 0:
             return None
+        if self.drafter is not None:  # Ollama's default: 4 tokens per step with a draft model
+            return SeqSpec(cap=min(draft_num_predict or DRAFT_MODEL_TOKENS, MAX_DRAFT), model=True)
         cap = min(draft_num_predict, MAX_DRAFT) if draft_num_predict > 0 else MAX_DRAFT
         return SeqSpec(cap=cap)
 
@@ -264,6 +279,7 @@ class Speculator:
         wide = len(seqs) > 1
         cost = self.costs.cost()
         total = 0
+        by_model: list[tuple[Any, int]] = []
         for seq in seqs:
             sp = seq.spec
             if sp is None:
@@ -271,8 +287,19 @@ class Speculator:
             if sp.draft:  # decoded but never verified (a failed decode): its cells may remain
                 self.seq_rm(seq.slot.seq_id, seq.n_past, -1)
             room = min(num_ctx - 1 - seq.n_past, seq.limit - seq.n_gen - 1, budget - total)
+            if sp.model:
+                sp.draft = []
+                if room > 0:
+                    by_model.append((seq, min(sp.cap, room)))
+                    total += by_model[-1][1]
+                continue
             sp.draft = sp.propose(seq.tokens, room, wide, cost) if room > 0 else []
             total += len(sp.draft)
+        if by_model and self.drafter is not None:
+            drafts = self.drafter.draft([(q.slot.seq_id, q.tokens, k) for q, k in by_model])
+            for (q, k), draft in zip(by_model, drafts, strict=True):
+                q.spec.draft = draft
+                total -= k - len(draft)
         return total
 
     def verify(
