@@ -180,6 +180,7 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
     source = str(fields.pop("from", ""))
     more = [str(f) for f in fields.pop("from_all", [])[1:]]  # a vision model's projector (mmproj)
     adapters = fields.pop("adapters", [])
+    draft = fields.pop("draft", None)
     body: dict[str, Any] = {"model": name, **fields}
     local = _model_files(source, base) if source else None
     if local is not None:
@@ -198,7 +199,19 @@ def build_create_request(c: Client, name: str, text: str, base: Path) -> CreateR
             if path is None:
                 raise BadRequestError(f"adapter file not found: {adapter}")
             body["adapters"][path.name] = _upload(c, path)
+    if draft:
+        body.update(_draft_fields(c, str(draft), base, local))
     return CreateRequest.model_validate(body)
+
+
+def _draft_fields(c: Client, draft: str, base: Path, local: dict[str, Path] | None) -> dict[str, Any]:
+    """DRAFT: a local GGUF file is uploaded (Ollama's draft_files); anything else names a model."""
+    path = _resolve_local(draft, base)
+    if path is None:
+        return {"draft": draft}
+    if local is not None and path.resolve() in {p.resolve() for p in local.values()}:
+        raise BadRequestError(f"DRAFT must not reference the same local path as FROM: {draft}")
+    return {"draft_files": {path.name: _upload(c, path)}}
 
 
 @cli.command()

@@ -26,6 +26,7 @@ class LoadSpec:
     embedding: bool = False
     adapters: tuple[Path, ...] = ()
     projectors: tuple[Path, ...] = ()  # vision projector GGUF (mmproj), read with libmtmd
+    draft: Path | None = None  # a draft model's GGUF (Modelfile DRAFT): same vocabulary, drafts tokens
 
 
 @dataclass

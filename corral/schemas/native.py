@@ -139,6 +139,9 @@ class CreateRequest(WireModel):
     quantize: str | None = None
     quantization: str | None = None
     stream: bool | None = None
+    draft_files: dict[str, str] | None = None  # a draft model's GGUF blob (Modelfile DRAFT <file>)
+    draft_quantize: str | None = None
+    draft: str | None = None  # corral: a local model whose weights draft (Modelfile DRAFT <name>)
 
 
 class CopyRequest(WireModel):

@@ -104,6 +104,7 @@ def show_response(
         messages=messages,
         adapters=[str(p) for p in model.adapters],
         projectors=[str(p) for p in model.projectors],
+        draft=str(model.draft) if model.draft else None,
     )
     details = model_details(model)
     model_info: dict[str, Any] = info.model_info(verbose=verbose) if info is not None else {}

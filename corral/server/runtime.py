@@ -90,6 +90,7 @@ async def resolve_job(
         embedding=embedding,
         adapters=tuple(model.adapters),
         projectors=tuple(model.projectors),
+        draft=model.draft,
     )
     short = model.name.display_shortest()
     details = model_details(model).dump()

@@ -126,6 +126,7 @@ def _check_request(req: CreateRequest) -> None:
         raise BadRequestError("only one adapter is currently supported")
     _validate_files(req.files)
     _validate_files(req.adapters)
+    _validate_files(req.draft_files)
 
 
 def create_model(
@@ -167,6 +168,8 @@ def _build(
         yield from _quantize(store, draft, level)
     if req.adapters:
         yield from _add_adapter(store, req.adapters, draft)
+    if req.draft_files or req.draft:
+        yield from _add_draft_model(store, req, draft)
     draft.config.renderer = req.renderer or draft.config.renderer
     draft.config.parser = req.parser or draft.config.parser
     draft.config.requires = req.requires or draft.config.requires
@@ -293,6 +296,30 @@ def _add_adapter(store: Store, adapters: dict[str, str], draft: _Draft) -> Itera
     draft.add(
         Layer(media.ADAPTER, digest, path.stat().st_size, from_=str(path)), f"using existing layer {digest}"
     )
+
+
+def _add_draft_model(store: Store, req: CreateRequest, draft: _Draft) -> Iterator[ProgressResponse]:
+    """The `.draft` layer: an uploaded GGUF (draft_files) or a local model's weights (draft)."""
+    if req.draft_quantize:
+        raise BadRequestError("draft_quantize is not supported: quantize the draft model first")
+    if req.draft_files:
+        if len(req.draft_files) != 1:
+            raise BadRequestError("a draft model is one GGUF file")
+        (digest,) = req.draft_files.values()
+        digest = normalize_digest(digest)
+    else:
+        name = ModelName.try_parse(req.draft or "")
+        if name is None:
+            raise InvalidNameError()
+        source = store.load_model(store.resolve(name))
+        weights = [layer.digest for layer in source.manifest.layers if layer.media_type == media.MODEL]
+        if not weights:
+            raise BadRequestError(f"model '{req.draft}' has no weights to draft with")
+        digest = normalize_digest(weights[0])
+    yield ProgressResponse(status="parsing GGUF")
+    path, _info = _read_gguf_blob(store, digest)
+    draft.remove(media.DRAFT)  # a DRAFT replaces the base model's
+    draft.add(Layer(media.DRAFT, digest, path.stat().st_size, from_=str(path)), f"using existing layer {digest}")
 
 
 # Modelfile options ---------------------------------------------------------------------------

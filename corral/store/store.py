@@ -95,6 +95,7 @@ class Model:
     messages: list[dict[str, Any]]
     license: list[str]
     parent_model: str
+    draft: Path | None = None  # a draft model's GGUF (.draft layer) for speculative decoding
 
 
 class Store:
@@ -331,6 +332,8 @@ class Store:
             model.adapters.append(self.blobs.path(digest))
         elif media_type == media.PROJECTOR:
             model.projectors.append(self.blobs.path(digest))
+        elif media_type == media.DRAFT:
+            model.draft = self.blobs.path(digest)
         elif media_type in (media.TEMPLATE, media.PROMPT):
             model.template = self._read_text(digest)
         elif media_type == media.SYSTEM:

@@ -81,6 +81,8 @@ def runner_argv(spec: LoadSpec, socket_path: str, python: str, max_line: int = p
         argv += ["--mmap", "on" if o.use_mmap else "off"]
     for projector in spec.projectors:
         argv += ["--mmproj", str(projector)]
+    if spec.draft is not None:
+        argv += ["--draft", str(spec.draft)]
     for adapter in spec.adapters:
         argv += ["--lora", str(adapter)]
     return argv
@@ -122,6 +124,7 @@ class LlamaCppEngine(Accelerators):
 
     def estimate(self, spec: LoadSpec) -> int:
         size = Path(spec.model_path).stat().st_size + sum(Path(p).stat().st_size for p in spec.projectors)
+        size += Path(spec.draft).stat().st_size if spec.draft else 0  # its KV: small beside the model's
         try:
             per_token = _kv_bytes_per_token(Path(spec.model_path))
         except Exception:
