@@ -14,10 +14,10 @@ pass, the top-k of the valid tokens lies among them. Otherwise the grammar check
 `grammar_filter` could not rule out by its first bytes (the whole vocabulary until that model's
 prefix table is complete), never all 49k-262k tokens one by one as a grammar-first chain does.
 
-Large vocabularies: when `top_k > 0` and no repetition penalty changes logits first, the chain is
-given the exact top-k candidates (selected in numpy, `top_ids`) instead of the whole vocabulary;
-its top_k sampler keeps that same set, so greedy and seeded picks equal the full chain's (barring
-exact float ties at the k-th logit, where either implementation may keep either token).
+Large vocabularies (and any grammar): when `top_k > 0` and no repetition penalty changes logits
+first, the chain is given the exact top-k candidates (selected in numpy, `top_ids`) instead of the
+whole vocabulary; its top_k sampler keeps that same set, so greedy and seeded picks equal the full
+chain's (barring exact float ties at the k-th logit, where either implementation may keep either).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from .model import LlamaModel
 
 RESCUE = 256  # best raw candidates the grammar sees first after a rejected pick
 PREFILTER_MAX_FRACTION = 8  # prefilter top_k only when k <= n_vocab / this
+# Without a grammar, below this vocabulary size llama.cpp's own fill and partial sort are cheaper
+# than the numpy selection (measured per token after a decode: 0.22 vs 0.40 ms at 49k tokens,
+# 1.0 vs 0.6 ms at 262k). With a grammar the chain must not accept its pick, so it always applies.
+PREFILTER_MIN_VOCAB = 128_000
 IntArray = npt.NDArray[np.int64]
 _ALL_IDS: dict[int, IntArray] = {}
 
@@ -97,7 +101,8 @@ class SeqSampler:
         self.n_rejected = 0
         greedy = opts.temperature <= 0
         penalties = _penalties_active(opts)
-        prefilter = not greedy and not penalties and 0 < opts.top_k <= model.n_vocab // PREFILTER_MAX_FRACTION
+        prefilter = (not greedy and not penalties and 0 < opts.top_k <= model.n_vocab // PREFILTER_MAX_FRACTION
+                     and (grammar is not None or model.n_vocab >= PREFILTER_MIN_VOCAB))
         self._k = opts.top_k if prefilter else 0
         self._need = 1 if greedy and not penalties else self._k  # allowed candidates a rescue needs
         self._rescue = max(RESCUE, 4 * self._k)
