@@ -296,7 +296,7 @@ def test_the_operator_switch_reaches_the_runner_command_line() -> None:
 def test_the_cost_of_a_draft_token_is_measured() -> None:
     from corral.engine.llamacpp.spec import COST_RANGE, StepCost
 
-    c = StepCost()
+    c = StepCost(clock=lambda: 0.0)  # decodes only: no loop time between them
     assert c.cost() == COST  # nothing measured
     one = StepCost()
     for _ in range(20):
@@ -336,3 +336,19 @@ def test_a_draft_model_drafts_for_every_sequence_within_the_room() -> None:
     assert d.asked == [[(3, 3, 4), (1, 2, 2)]]  # c is at its token limit: not asked
     assert a.spec is not None and a.spec.draft == [7, 7, 7]
     assert b.spec is not None and b.spec.draft == [7, 7]
+
+
+def test_the_loop_s_own_time_per_step_makes_a_draft_token_cheaper() -> None:
+    from corral.engine.llamacpp.spec import StepCost
+
+    now = [0.0]
+    c = StepCost(clock=lambda: now[0])
+    for n in (1, 5, 9, 17, 33) * 6:
+        t = 0.012 + 0.004 * n
+        now[0] += 0.012 + t  # 12 ms between decodes (sampling, events), then the decode
+        c.observe(n, t)
+    assert c.between == pytest.approx(0.012, rel=0.05)
+    assert c.cost() == pytest.approx(0.004 / 0.028, rel=0.05)
+    now[0] += 30.0  # an idle loop: not a step's overhead
+    c.observe(1, 0.016)
+    assert c.between == pytest.approx(0.012, rel=0.05)

@@ -12,8 +12,10 @@ the next-token position and then at each drafted position in order, every sample
 through the loop's normal per-token path (stop strings, limits, logprobs), and a draft token only
 stands if it equals the sample. So each emitted token is sampled once, from logits computed on the
 same accepted prefix, with the sampler's state (penalties, grammar, RNG) advanced by exactly the
-emitted tokens: greedy and seeded sampling give the same text with or without drafts. Rejected
-draft positions are then removed from the sequence's KV cells.
+emitted tokens: greedy and seeded sampling give the same text with or without drafts, as far as
+ggml's arithmetic allows (its CPU kernels round differently for one query row than for several
+once a sequence holds more than 256 tokens; batching has the same limit, see the README).
+Rejected draft positions are then removed from the sequence's KV cells.
 
 Does not build the batch's non-draft part, sample or emit: `batch.py` does, through the hooks below.
 """
@@ -21,6 +23,7 @@ Does not build the batch's non-draft part, sample or emit: `batch.py` does, thro
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
@@ -199,16 +202,26 @@ class SeqSpec:
 
 
 class StepCost:
-    """The cost of one more token in a decode, as a fraction of a one-token step, measured: a
+    """The cost of one more token in a step, as a fraction of a one-token step, measured: a
     least-squares line `seconds = a + b * tokens` over recent decodes (exponentially forgotten),
-    giving b / (a + b). Until the decodes have varied enough in size to fit, COST."""
+    plus the loop's time between decodes (sampling, events, the I/O thread: a step costs it
+    whatever its size), giving b / (a + between + b). Until the decodes have varied enough in
+    size to fit, COST."""
 
-    def __init__(self, decay: float = 0.98, max_tokens: int = 128) -> None:
+    def __init__(self, decay: float = 0.98, max_tokens: int = 128, clock: Callable[[], float] = time.perf_counter):
         self.decay = decay
         self.max_tokens = max_tokens  # larger decodes (prompt chunks) take other kernels
+        self.clock = clock
         self.s = [0.0] * 5  # weights, sum n, sum n^2, sum t, sum n*t
+        self.between = 0.0  # seconds of loop work between two decodes (smoothed)
+        self._last = 0.0  # when the previous decode ended
 
     def observe(self, n: int, t: float) -> None:
+        now = self.clock()
+        gap = now - self._last - t  # from the end of the previous decode to the start of this one
+        self._last = now
+        if 0 <= gap < max(4 * t, 0.05):  # back to back (not a loop that sat idle)
+            self.between = 0.9 * self.between + 0.1 * gap
         if not 0 < n <= self.max_tokens or t <= 0:
             return
         d, s = self.decay, self.s
@@ -224,7 +237,7 @@ class StepCost:
         if var < 1.0:
             return COST
         b = (snt / w - mean_n * mean_t) / var
-        a = mean_t - b * mean_n
+        a = mean_t - b * mean_n + self.between
         if b <= 0:
             return COST_RANGE[0]
         if a <= 0:
