@@ -219,7 +219,8 @@ class BatchLoop:
         self._order_waiting()
         while self.waiting:
             rid, params, emit, tokens = self.waiting.popleft()
-            stored = self.cache.best(tokens) if self.cache is not None else 0
+            idle = not all(s.busy for s in self.slots)  # no prompt-cache lookup while none can be seated
+            stored = self.cache.best(tokens) if self.cache is not None and idle else 0
             plan = sl.plan_slot(self.slots, tokens, SHARE_MIN_TOKENS, stored)
             if plan is None:
                 self.waiting.appendleft((rid, params, emit, tokens))
