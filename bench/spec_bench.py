@@ -88,8 +88,8 @@ def _rate(first: float, last: float, n: int) -> float:
     return (n - 1) / (last - first) if n > 1 and last > first else 0.0
 
 
-def one_llama(port: int) -> dict[str, Any]:
-    body = {"prompt": PROMPT, "n_predict": TOKENS, "temperature": 0, "stream": True, "cache_prompt": False}
+def one_llama(port: int, tokens: int = TOKENS) -> dict[str, Any]:
+    body = {"prompt": PROMPT, "n_predict": tokens, "temperature": 0, "stream": True, "cache_prompt": False}
     first = last = 0.0
     text: list[str] = []
     final: dict[str, Any] = {}
@@ -108,9 +108,9 @@ def one_llama(port: int) -> dict[str, Any]:
     return {"tokens": n, "tok_s": _rate(first, last, n), "text": "".join(text)}
 
 
-def one_corral(port: int) -> dict[str, Any]:
+def one_corral(port: int, tokens: int = TOKENS) -> dict[str, Any]:
     body = {"model": "smollm2:135m", "prompt": PROMPT, "raw": True, "stream": True,
-            "options": {"temperature": 0, "num_predict": TOKENS}}
+            "options": {"temperature": 0, "num_predict": tokens}}
     first = last = 0.0
     text: list[str] = []
     final: dict[str, Any] = {}
@@ -171,7 +171,7 @@ def run(kind: str, repeat: int, binary: str, model: Path) -> dict[str, Any]:
                    timeout=300, trust_env=False)
         ask = one_corral
     try:
-        ask(port)  # warm-up (load, first prompt)
+        ask(port, 8)  # warm-up (load, first prompt)
         runs = [ask(port) for _ in range(repeat)]
     finally:
         rb.stop(proc)
