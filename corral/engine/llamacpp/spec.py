@@ -182,10 +182,10 @@ class SeqSpec:
         m, e = self.index.find(tokens)
         if not m:
             return []
-        # alone, an unpromising sequence still probes with one token (its back-off bounds the
-        # cost), so that it notices when its output starts to repeat
-        k = self.length(m, COST_WIDE) if wide else max(self.length(m, cost), 1)
-        return continuation(tokens, e, min(k, self.cap, room))
+        # an unpromising sequence drafts nothing until a long match (a copy) makes it promising:
+        # measured on Qwen2.5-Coder-1.5B writing new code, one-token probes cost 12 % of its speed
+        k = self.length(m, COST_WIDE if wide else cost)
+        return continuation(tokens, e, min(k, self.cap, room)) if k > 0 else []
 
     def record(self, drafted: int, accepted: int) -> None:
         """Learn from a verified draft; after drafts of which nothing stood, back off."""
