@@ -70,7 +70,7 @@ def test_index_grows_incrementally_and_rebuilds_after_a_shift() -> None:
 
 def test_failed_drafts_back_off_exponentially_and_success_resets() -> None:
     sp = SeqSpec()
-    tokens = [*range(20), 99, *range(20)]  # a 20-token match: worth drafting whatever the history
+    tokens = [*range(30), 99, *range(30)]  # a 30-token match: worth drafting whatever the history
     waits = []
     for _ in range(8):
         draft = sp.propose(tokens, 16, wide=False)
@@ -118,6 +118,7 @@ def test_wide_batches_draft_only_near_certain_continuations() -> None:
     assert SeqSpec().propose(tokens, 5, wide=False) == [4]
     assert SeqSpec().propose(tokens, 5, wide=True) == []
     doubtful = SeqSpec(hits=1.0, misses=3.0)  # its drafts mostly failed: a short match is not enough
+    assert doubtful.chance(16) < 0.5 < doubtful.chance(24)
     assert doubtful.propose(tokens, 5, wide=False) == []
     assert doubtful.propose(tokens, 5, wide=False, cost=0.2) == [4]  # unless checking is cheap
     long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match
