@@ -50,6 +50,7 @@ class ContextConfig:
     kv_cache_type: str = "f16"
     kv_unified: bool = False
     threadpool: bool = True
+    poll: int = 50  # ggml threadpool busy-wait level 0-100 (llama-server's --poll)
 
 
 def model_params(mmap: str = "auto", *, extra_bufts: bool = True, gpu: GpuParams | None = None) -> Any:
@@ -173,7 +174,7 @@ class LlamaModel:
         self._loras: list[Any] = []
         if lora:
             self._apply_loras(lora)
-        self.threadpool = Threadpool(cfg.threads or os.cpu_count() or 1) if cfg.threadpool else None
+        self.threadpool = Threadpool(cfg.threads or os.cpu_count() or 1, cfg.poll) if cfg.threadpool else None
         if self.threadpool is not None:
             self.threadpool.attach(self.ctx)
         self.mem = ll.llama_get_memory(self.ctx)

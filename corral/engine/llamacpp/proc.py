@@ -174,8 +174,7 @@ class LlamaCppEngine(Accelerators):
         argv = runner_argv(spec, sock, self.python, self.max_line) + self.tuning.argv()
         if not self.extra_bufts:
             argv.append("--no-extra-bufts")
-        argv += self._cache_args(spec)
-        argv += placement_argv(placement)
+        argv += self._cache_args(spec) + placement_argv(placement)
         self._runners = [r for r in self._runners if r.alive]
         self._rpc_choice = await self.rpc.choose(in_use(self._runners)) if self.rpc else Choice()
         argv += self._rpc_choice.argv()

@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-batch", type=int, default=512)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-threadpool", action="store_true", help="let ggml create a pool per decode")
+    p.add_argument("--poll", type=int, default=50, help="threadpool busy-wait level, 0-100")
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--flash-attn", choices=["on", "off", "auto"], default="auto")
     p.add_argument("--kv-cache-type", choices=["f16", "q8_0", "q4_0"], default="f16")
@@ -56,18 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kv-unified", action="store_true", help="one KV buffer for all sequences (not batch-invariant)")
     p.add_argument("--lora", action="append", default=[])
     p.add_argument("--no-extra-bufts", action="store_true", help="no weight repacking (llama-server's --no-repack)")
-    p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
-    p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
-    p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
     p.add_argument("--rpc", action="append", default=[], help="an RPC worker (host:port) to offload layers to")
     p.add_argument("--rpc-split", default="", help="shares of the layers: this machine, then each --rpc worker")
+    offload.add_arguments(p)
     p.add_argument("--mmproj", action="append", default=[], help="vision projector GGUF (libmtmd)")
     p.add_argument("--no-speculative", action="store_true", help="no draft tokens (plain decoding)")
     p.add_argument("--draft", default="", help="a draft model's GGUF (same vocabulary) for speculative decoding")
     p.add_argument("--cache-ram", type=int, default=0, help="bytes of memory for the prompt cache (0 = off)")
     p.add_argument("--cache-disk", default="", help="directory of the prompt cache's disk tier")
     p.add_argument("--cache-disk-max", type=int, default=0, help="size bound of the disk tier in bytes")
-    offload.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -286,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_cache_type=args.kv_cache_type,
         kv_unified=args.kv_unified,
         threadpool=not args.no_threadpool,
+        poll=args.poll,
     )
     try:
         load_log = offload.LoadLog()
