@@ -92,6 +92,8 @@ class _Model:
     """Just enough of LlamaModel for admission (`_prepare`)."""
 
     add_bos = False
+    ctx = None  # no llama context: no LoRA adapters to scale
+    loras: tuple[Any, ...] = ()
 
     def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
         return [1] * len(text.split())
