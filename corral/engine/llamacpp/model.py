@@ -315,18 +315,7 @@ class LlamaModel:
     def embed_one(self, tokens: list[int]) -> list[float]:
         """Pooled embedding of one token list on the embedding context (created lazily)."""
         ctx = self._embedding_context(len(tokens))
-        ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
-        b = Batch(len(tokens))
-        b.add(tokens, 0, 0, want_last=True)
-        b.logits[: b.n] = 1
-        b.struct.n_tokens = b.n
-        rc = ll.llama_decode(ctx, b.struct)
-        if rc != 0:
-            raise CorralError(f"embedding decode failed ({rc})")
-        ptr = ll.llama_get_embeddings_seq(ctx, 0)
-        if not ptr:
-            raise CorralError("the model produced no pooled embedding")
-        return [float(x) for x in np.ctypeslib.as_array(ptr, shape=(self.n_embd,))]
+        return [float(x) for x in decode_pooled(ctx, tokens, self.n_embd, "pooled embedding")]
 
     def _embedding_context(self, n_tokens: int) -> Any:
         if self.cfg.embedding:
@@ -352,3 +341,20 @@ class LlamaModel:
             self._embed_ctx = None
         ll.llama_free(self.ctx)
         ll.llama_model_free(self.model)
+
+
+def decode_pooled(ctx: Any, tokens: list[int], n_out: int, what: str) -> Any:
+    """Decode `tokens` alone on a pooling context (its memory cleared first) and return the
+    pooled output of sequence 0 (`n_out` floats: an embedding, or a rank head's scores)."""
+    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
+    b = Batch(len(tokens))
+    b.add(tokens, 0, 0, want_last=True)
+    b.logits[: b.n] = 1
+    b.struct.n_tokens = b.n
+    rc = ll.llama_decode(ctx, b.struct)
+    if rc != 0:
+        raise CorralError(f"{what} decode failed ({rc})")
+    ptr = ll.llama_get_embeddings_seq(ctx, 0)
+    if not ptr:
+        raise CorralError(f"the model produced no {what}")
+    return np.ctypeslib.as_array(ptr, shape=(n_out,))

@@ -14,11 +14,10 @@ import base64
 from typing import Any
 
 import llama_cpp as ll
-import numpy as np
 
-from corral.errors import BadRequestError, CorralError
+from corral.errors import BadRequestError
 
-from .model import Batch, LlamaModel
+from .model import LlamaModel, decode_pooled
 
 NOT_RANK = "this model does not support reranking (it has no rank pooling)"
 RANK_NO_EMBED = "this model is a reranker: it has no embeddings (use /api/rerank)"
@@ -81,20 +80,8 @@ def token_pieces(model: LlamaModel, tokens: list[int]) -> list[str]:
 
 
 def _score(model: LlamaModel, tokens: list[int]) -> float:
-    ctx = model.ctx
-    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
-    b = Batch(len(tokens))
-    b.add(tokens, 0, 0, want_last=True)
-    b.logits[: b.n] = 1
-    b.struct.n_tokens = b.n
-    rc = ll.llama_decode(ctx, b.struct)
-    if rc != 0:
-        raise CorralError(f"rerank decode failed ({rc})")
-    ptr = ll.llama_get_embeddings_seq(ctx, 0)
-    if not ptr:
-        raise CorralError("the model produced no rank score")
     n_out = max(int(ll.llama_model_n_cls_out(model.model)), 1)
-    return float(np.ctypeslib.as_array(ptr, shape=(n_out,))[0])
+    return float(decode_pooled(model.ctx, tokens, n_out, "rank score")[0])
 
 
 def rerank(model: LlamaModel, query: str, documents: list[str], num_ctx: int) -> dict[str, Any]:
