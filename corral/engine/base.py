@@ -1,8 +1,8 @@
 """The engine boundary: what the scheduler and server may ask of a loaded model.
 
 Kept deliberately narrow (load, generate-stream, embed, rerank, tokenize, detokenize, close) so a second
-backend is one new module. The server renders prompts; an engine receives text plus sampling
-parameters and streams `Chunk`s back. A new capability becomes a data field here, not a method.
+backend is one new module. The server renders prompts; an engine receives text and/or token ids plus
+sampling parameters and streams `Chunk`s back. A new capability becomes a data field here, not a method.
 Errors raised across this boundary are `corral.errors.CorralError` subclasses.
 """
 
@@ -33,14 +33,25 @@ class LoadSpec:
 class GenerateParams:
     """One generation request, already rendered to prompt text by the server.
 
-    `prompt` is tokenized by the runner with special tokens parsed and the model's BOS added when
-    the model wants one. `truncate` allows dropping the middle of an over-long prompt (keeping
-    `options.num_keep` tokens); `shift` allows context shifting during generation. With
-    `shift=False` an over-long prompt is a 400 with the spec's text. Image N of `images` (encoded
-    image files) goes where the prompt says `[img-N]`; every image must be placed.
+    The prompt the model runs is `context` (token ids, as /api/generate's `context`: run exactly
+    as given, never through text) followed by `prompt` (text, tokenized by the runner with special
+    tokens parsed). When the server has already tokenized `prompt` (the chat fit counts it), it
+    passes those ids as `prompt_tokens` (with special tokens parsed, no BOS/EOS added) and the
+    runner runs them instead of tokenizing the text again. The model's BOS is added once, at the
+    very start, only when the model wants one and the ids do not already start with it (context
+    from an earlier answer does); its EOS at the end where the model adds one (llama.cpp's
+    `add_special`). Ids outside the vocabulary are a 400 before anything is decoded. A prompt with
+    `images` is text only (no `context`/`prompt_tokens`).
+
+    `truncate` allows dropping the middle of an over-long prompt (keeping `options.num_keep`
+    tokens); `shift` allows context shifting during generation. With `shift=False` an over-long
+    prompt is a 400 with the spec's text. Image N of `images` (encoded image files) goes where the
+    prompt says `[img-N]`; every image must be placed.
     """
 
     prompt: str
+    context: list[int] = field(default_factory=list)
+    prompt_tokens: list[int] | None = None
     options: SampleOptions = field(default_factory=SampleOptions)
     images: list[bytes] = field(default_factory=list)
     grammar: str | None = None

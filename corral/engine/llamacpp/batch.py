@@ -27,6 +27,7 @@ from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
 from .lora import LoraScales
 from .model import LlamaModel
+from .prompt import prompt_ids
 from .promptcache import SlotCache
 from .protocol import error_event, logprob_dict
 from .sampling import SeqSampler, token_logprob
@@ -183,7 +184,7 @@ class BatchLoop:
     def _prepare(self, params: GenerateParams) -> list[int]:
         if params.images:
             return md.admit(self.vision, params, self.num_ctx)
-        tokens = self.model.tokenize(params.prompt)
+        tokens = prompt_ids(self.model, params)
         if not tokens:
             raise BadRequestError("the prompt is empty")
         keep = sl.keep_count(params.options.num_keep, self.model.add_bos, self.num_ctx)

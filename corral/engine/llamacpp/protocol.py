@@ -2,7 +2,8 @@
 
 One Unix-socket connection per request; closing it cancels the request. The first line a client
 sends is the request, `{"op": <op>, ...}` with op one of generate, embed, rerank, tokenize, detokenize, pieces,
-status, health, shutdown. A generate request streams `{"text", "logprobs"?}` events and ends with
+status, health, shutdown. A generate request (its prompt: `context` ids, then the `prompt` text or its
+ids `prompt_tokens`; see `GenerateParams`) streams `{"text", "logprobs"?}` events and ends with
 `{"done": true, "done_reason", "metrics"}`; other ops answer with one JSON object. Any failure is
 `{"error": {"status", "message"}}`. This module owns the encoding of requests/events to and from
 the dataclasses of `corral.engine.base`; it does no I/O.
@@ -21,7 +22,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob, TopLogprob
-from corral.errors import CorralError, PayloadTooLargeError, error_from_status
+from corral.errors import BadRequestError, CorralError, PayloadTooLargeError, error_from_status
 from corral.schemas.options import SampleOptions
 
 OPS = frozenset({"generate", "embed", "rerank", "tokenize", "detokenize", "pieces", "status", "health", "shutdown"})
@@ -52,6 +53,8 @@ def generate_request(params: GenerateParams) -> dict[str, Any]:
     return {
         "op": "generate",
         "prompt": params.prompt,
+        **({"context": params.context} if params.context else {}),
+        **({"prompt_tokens": params.prompt_tokens} if params.prompt_tokens is not None else {}),
         "options": opts,
         "grammar": params.grammar,
         "logprobs": params.logprobs,
@@ -71,6 +74,8 @@ def parse_generate(req: dict[str, Any]) -> GenerateParams:
         raw["stop"] = tuple(raw["stop"])
     return GenerateParams(
         prompt=str(req.get("prompt", "")),
+        context=_ids(req.get("context"), "context") or [],
+        prompt_tokens=_ids(req.get("prompt_tokens"), "prompt_tokens"),
         options=SampleOptions(**raw),
         grammar=req.get("grammar"),
         logprobs=bool(req.get("logprobs", False)),
@@ -81,6 +86,15 @@ def parse_generate(req: dict[str, Any]) -> GenerateParams:
         images=[base64.b64decode(i) for i in req.get("images") or []],
         lora=tuple(float(s) for s in req["lora"]) if req.get("lora") is not None else None,
     )
+
+
+def _ids(value: Any, name: str) -> list[int] | None:
+    """A list of token ids as sent (each id is checked against the vocabulary by the loop)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise BadRequestError(f"{name} must be a list of token ids")
+    return value
 
 
 def error_event(exc: BaseException) -> dict[str, Any]:
