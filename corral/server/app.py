@@ -96,6 +96,9 @@ def create_app(
 
         app.include_router(inference_router)
         app.include_router(embeddings_router)
+        from corral.server.ps import router as ps_router
+
+        app.include_router(ps_router)
         from corral.server.rerank import router as rerank_router
         from corral.server.tokenize import router as tokenize_router
 

@@ -1,4 +1,4 @@
-"""Embedding routes (/api/embed, /api/embeddings) and the loaded-model list (/api/ps).
+"""Embedding routes (/api/embed, /api/embeddings).
 
 `/api/embed` L2-normalises every vector (then truncates to `dimensions` and re-normalises);
 `/api/embeddings` is the legacy raw form (spec §1).
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,16 +19,12 @@ from corral.schemas.native import (
     EmbeddingsRequest,
     EmbedRequest,
     EmbedResponse,
-    ModelDetails,
-    ProcessModel,
-    ProcessResponse,
 )
 from corral.server.context import AppContext, Ctx
-from corral.server.runtime import leased, resolve_job, scheduler_of
+from corral.server.runtime import leased, resolve_job
 from corral.server.stream import until_disconnected
 
 router = APIRouter()
-FOREVER_YEARS = 300
 
 
 def normalize(vec: list[float]) -> list[float]:
@@ -84,40 +79,3 @@ async def legacy_embedding(ctx: AppContext, req: EmbeddingsRequest) -> Embedding
             return EmbeddingResponse()
         result = await runner.embed([req.prompt], truncate=True)
     return EmbeddingResponse(embedding=result.embeddings[0])
-
-
-@router.get("/api/ps")
-async def ps(ctx: Ctx) -> JSONResponse:
-    sched = scheduler_of(ctx)
-    now_mono = sched.clock()
-    now = datetime.now(UTC)
-    models: list[ProcessModel] = []
-    for entry in sched.snapshot():
-        if entry.refcount > 0 or math.isinf(entry.expires_at):
-            remaining = entry.keep_alive
-        else:
-            remaining = entry.expires_at - now_mono
-        if math.isinf(remaining):
-            expires = now + timedelta(days=365 * FOREVER_YEARS)
-        else:
-            expires = now + timedelta(seconds=max(remaining, 0))
-        ref = entry.ref
-        models.append(ProcessModel(
-            name=ref.name,
-            model=ref.name,
-            size=entry.runner.memory_bytes or entry.estimate,
-            digest=ref.digest,
-            details=ModelDetails.model_validate(ref.details),
-            expires_at=expires,
-            size_vram=int(getattr(entry.runner, "vram_bytes", 0)),
-            context_length=ref.spec.options.num_ctx,
-            rpc=rpc_offload(entry.runner),
-        ))
-    return JSONResponse(ProcessResponse(models=models).dump())
-
-
-def rpc_offload(runner: object) -> dict[str, Any] | None:
-    """What a runner put on RPC workers, as its ready line reported it (None: nothing)."""
-    info = getattr(runner, "info", None)
-    rpc = info.get("rpc") if isinstance(info, dict) else None
-    return rpc if isinstance(rpc, dict) and rpc.get("workers") else None
