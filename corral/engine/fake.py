@@ -49,7 +49,9 @@ class ScriptedRunner:
                 count += 1
                 yield Chunk(text=word)
             reason = "length" if limit < len(self.words) else "stop"
-            prompt_tokens = len(params.prompt.split())
+            # its tokenizer is one id per word: context ids plus the prompt's (given or counted)
+            given = params.prompt_tokens
+            prompt_tokens = len(params.context) + (len(given) if given is not None else len(params.prompt.split()))
             yield Chunk(done=True, done_reason=reason,
                         metrics=Metrics(prompt_eval_count=prompt_tokens, eval_count=count))
         finally:

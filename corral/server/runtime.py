@@ -32,7 +32,7 @@ from corral.schemas.native import Message, Tool
 from corral.schemas.options import ResolvedOptions
 from corral.server.context import AppContext
 from corral.server.modelinfo import capabilities, gguf_info, model_details
-from corral.server.truncate import fit_chat
+from corral.server.truncate import Fitted, fit_chat
 from corral.store.store import Model as StoredModel
 from corral.template.jinja import render_jinja
 from corral.template.prompt import render_chat
@@ -202,22 +202,20 @@ def with_model_preamble(job: Job, messages: list[Message], system: str | None = 
 
 async def fit_messages(
     runner: Runner, job: Job, messages: list[Message], render: Any, *, tools: int = 0
-) -> str:
+) -> Fitted:
     """Drop the oldest non-system messages until the prompt fits num_ctx (spec: chatPrompt), in
     linear time (`corral.server.truncate`); the last message and system messages are always kept.
+    The prompt comes back with its ids when the fit tokenized it (they run as they are: counted once).
 
     A prompt that still does not fit is cut by the runner, unless it declares `tools`: cutting
     would drop tool definitions from the middle of the prompt, so that is a 400 naming the sizes.
     """
     num_ctx = job.options.load.num_ctx
 
-    async def count(prompt: str) -> int:
-        return len(await runner.tokenize(prompt))
-
-    fitted = await fit_chat(messages, render, count, num_ctx)
+    fitted = await fit_chat(messages, render, runner.tokenize, num_ctx)
     if tools and fitted.tokens is not None and fitted.tokens >= num_ctx:
         raise PromptTooLongError(
             f"the prompt is {fitted.tokens} tokens (with {tools} tools), more than the model's context window "
             f"num_ctx={num_ctx}: raise num_ctx (the request's num_ctx option, PARAMETER num_ctx in a "
             "Modelfile, or CORRAL_CONTEXT_LENGTH for the server) or send fewer tools", tokens=fitted.tokens)
-    return fitted.prompt
+    return fitted

@@ -15,7 +15,10 @@ conversation unless it is predicted to fit (llama.cpp's tokenizer is itself quad
 number of special tokens, 24 s for 10,000 ChatML turns). Each step awaits (rendering runs in a
 worker thread), so a cancelled caller stops between steps.
 
-Does not own rendering (the caller's `render`) nor tokenization (the caller's `count`).
+The ids of the prompt it settles on, when it tokenized that prompt, come back with it (`Fitted.ids`)
+so that the runner runs them instead of tokenizing the same text again (counted once).
+
+Does not own rendering (the caller's `render`) nor tokenization (the caller's `tokenize`).
 """
 
 from __future__ import annotations
@@ -33,16 +36,18 @@ MAX_CHECKS = 10
 """Most candidate cuts rendered and counted after the system-plus-last-message prompt."""
 
 Render = Callable[[list[Message]], str]
-Count = Callable[[str], Awaitable[int]]
+Tokenize = Callable[[str], Awaitable[list[int]]]
 
 
 @dataclass
 class Fitted:
-    """The prompt to run, its token count (None when too short to need counting), what was kept."""
+    """The prompt to run, its token count (None when too short to need counting), what was kept,
+    and the prompt's ids when it was tokenized (special tokens parsed, no BOS: what runs)."""
 
     prompt: str
     tokens: int | None
     messages: list[Message]
+    ids: list[int] | None = None
 
 
 def message_bytes(msg: Message) -> int:
@@ -59,18 +64,20 @@ def image_tokens(messages: Sequence[Message]) -> int:
 
 @dataclass
 class _Point:
-    """A measured cut: the first `cut` droppable messages dropped, what that rendered to, its size."""
+    """A measured cut: the first `cut` droppable messages dropped, what that rendered to, its size
+    (with images) and the rendering's ids."""
 
     cut: int
     prompt: str
     tokens: int
+    ids: list[int]
 
 
 class _Fitter:
-    def __init__(self, messages: list[Message], render: Render, count: Count, num_ctx: int, full: str) -> None:
+    def __init__(self, messages: list[Message], render: Render, tokenize: Tokenize, num_ctx: int, full: str) -> None:
         self.messages = messages
         self.render = render
-        self.count = count
+        self.tokenize = tokenize
         self.num_ctx = num_ctx
         self.full = full
         last = len(messages) - 1
@@ -87,7 +94,8 @@ class _Fitter:
     async def measure(self, cut: int) -> _Point:
         kept = self.kept(cut)
         prompt = self.full if cut == 0 else await asyncio.to_thread(self.render, kept)
-        return _Point(cut, prompt, await self.count(prompt) + image_tokens(kept))
+        ids = await self.tokenize(prompt)
+        return _Point(cut, prompt, len(ids) + image_tokens(kept), ids)
 
     def costs(self, p: _Point | None, q: _Point) -> Callable[[int], float]:
         """Estimated tokens of the droppable message at position `k`. With two measured cuts
@@ -166,18 +174,18 @@ class _Fitter:
 
     async def run(self) -> Fitted:
         if not self.droppable:
-            tokens = await self.count(self.full) + image_tokens(self.messages)
-            return Fitted(self.full, tokens, self.messages)
+            ids = await self.tokenize(self.full)
+            return Fitted(self.full, len(ids) + image_tokens(self.messages), self.messages, ids)
         best = await self.measure(len(self.droppable))
         if self.fits(best.tokens):
             best = await self.search(best)
-        return Fitted(best.prompt, best.tokens, self.kept(best.cut))
+        return Fitted(best.prompt, best.tokens, self.kept(best.cut), best.ids)
 
 
-async def fit_chat(messages: list[Message], render: Render, count: Count, num_ctx: int) -> Fitted:
+async def fit_chat(messages: list[Message], render: Render, tokenize: Tokenize, num_ctx: int) -> Fitted:
     """The longest-suffix prompt that fits `num_ctx` (see the module doc), or the system messages
     plus the last message when even that does not fit. `render` runs in a worker thread."""
     full = await asyncio.to_thread(render, list(messages))
     if not messages or len(full.encode()) + 1 + image_tokens(messages) < num_ctx:
         return Fitted(full, None, list(messages))
-    return await _Fitter(list(messages), render, count, num_ctx, full).run()
+    return await _Fitter(list(messages), render, tokenize, num_ctx, full).run()

@@ -81,3 +81,29 @@ def test_decode_rejects_garbage() -> None:
         proto.decode(b"not json\n")
     with pytest.raises(CorralError):
         proto.decode(b"[1]\n")
+
+
+def test_generate_request_round_trip_with_token_ids() -> None:
+    params = GenerateParams(prompt="<|im_start|>user\nhi", context=[1, 0, 49151, 7], prompt_tokens=[1, 4093, 198])
+    req = proto.generate_request(params)
+    assert req["context"] == [1, 0, 49151, 7] and req["prompt_tokens"] == [1, 4093, 198]
+    back = proto.parse_generate(proto.decode(proto.encode(req)))
+    assert back == params
+
+
+def test_text_only_request_carries_no_ids() -> None:
+    req = proto.generate_request(GenerateParams(prompt="p"))
+    assert "context" not in req and "prompt_tokens" not in req
+    back = proto.parse_generate(req)
+    assert back.context == [] and back.prompt_tokens is None
+
+
+def test_empty_prompt_tokens_are_not_the_same_as_none() -> None:
+    back = proto.parse_generate(proto.generate_request(GenerateParams(prompt="", prompt_tokens=[])))
+    assert back.prompt_tokens == []
+
+
+@pytest.mark.parametrize("key", ["context", "prompt_tokens"])
+def test_ids_that_are_not_a_list_are_400(key: str) -> None:
+    with pytest.raises(BadRequestError, match=f"{key} must be a list of token ids"):
+        proto.parse_generate({"op": "generate", "prompt": "p", key: "1 2 3"})

@@ -50,7 +50,9 @@ class Counting:
         return len(text.split())
 
     async def tokenize(self, text: str) -> list[int]:
-        return [0] * await self.count(text)
+        """One id per word: the word's length."""
+        await self.count(text)
+        return [len(w) for w in text.split()]
 
 
 def conversation(n: int, rng: random.Random | None = None) -> list[Message]:
@@ -75,7 +77,7 @@ def ollama_reference(messages: list[Message], c: Counting, num_ctx: int) -> list
 def test_work_is_linear_in_the_number_of_messages(n: int) -> None:
     c = Counting()
     messages = conversation(n)
-    fitted = run(fit_chat(messages, c.render, c.count, 2048))
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 2048))
     assert fitted.tokens is not None and fitted.tokens < 2048
     assert fitted.messages[0].content == "you are terse and kind"
     assert fitted.messages[-1].content == "the last question"
@@ -90,7 +92,9 @@ def test_fit_messages_tokenizes_a_few_times_not_once_per_dropped_message() -> No
     c = Counting()
     job: Any = SimpleNamespace(options=SimpleNamespace(load=SimpleNamespace(num_ctx=2048)))
     runner: Any = SimpleNamespace(tokenize=c.tokenize)
-    prompt = run(fit_messages(runner, job, conversation(3000), c.render))
+    fitted = run(fit_messages(runner, job, conversation(3000), c.render))
+    prompt = fitted.prompt
+    assert fitted.ids == [len(w) for w in prompt.split()]  # the prompt's ids come back with it
     assert prompt.startswith("<system> you are terse and kind")
     assert prompt.endswith("<user> the last question </user> <assistant> ")
     assert len(prompt.split()) < 2048
@@ -105,7 +109,7 @@ def test_same_cut_as_ollama(seed: int) -> None:
         messages.insert(len(messages) // 2, Message(role="system", content="a later system note"))
     num_ctx = rng.randint(60, 900)
     c = Counting()
-    fitted = run(fit_chat(messages, c.render, c.count, num_ctx))
+    fitted = run(fit_chat(messages, c.render, c.tokenize, num_ctx))
     best = ollama_reference(messages, Counting(), num_ctx)
     kept = fitted.messages
     assert kept[-1] is messages[-1]
@@ -122,7 +126,7 @@ def test_same_cut_as_ollama(seed: int) -> None:
 def test_short_prompts_are_not_tokenized_and_nothing_is_dropped() -> None:
     c = Counting()
     messages = conversation(4)
-    fitted = run(fit_chat(messages, c.render, c.count, 2048))
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 2048))
     assert fitted.messages == messages and fitted.tokens is None and c.tokenizes == 0
 
 
@@ -130,7 +134,7 @@ def test_when_nothing_fits_the_system_messages_and_last_message_remain() -> None
     c = Counting()
     messages = conversation(50)
     messages[-1] = Message(role="user", content="long " * 500)
-    fitted = run(fit_chat(messages, c.render, c.count, 100))
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 100))
     assert [m.role for m in fitted.messages] == ["system", "user"]
     assert fitted.messages[-1] is messages[-1]
     assert fitted.tokens is not None and fitted.tokens > 100
@@ -140,7 +144,7 @@ def test_images_count_768_tokens_each() -> None:
     c = Counting()
     messages = conversation(6)
     messages[1] = messages[1].model_copy(update={"images": ["aGk=", "aGk="]})
-    fitted = run(fit_chat(messages, c.render, c.count, 2 * IMAGE_TOKENS))
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 2 * IMAGE_TOKENS))
     assert messages[1] not in fitted.messages  # the two images alone are 1536 tokens
     assert messages[2] in fitted.messages
 
@@ -149,7 +153,7 @@ def test_cancelling_stops_between_steps() -> None:
     c = Counting(render_delay=0.3)
 
     async def main() -> None:
-        task = asyncio.ensure_future(fit_chat(conversation(400), c.render, c.count, 64))
+        task = asyncio.ensure_future(fit_chat(conversation(400), c.render, c.tokenize, 64))
         await asyncio.to_thread(c.render_started.wait, 10)
         task.cancel()
         started = time.monotonic()
@@ -198,3 +202,23 @@ def test_collate_joins_a_long_run_of_one_role_in_linear_time() -> None:
     assert time.monotonic() - started < 3  # was quadratic: each merge copied the whole run so far
     assert system == "s" and [m.role for m in merged] == ["system", "user", "assistant"]
     assert merged[1].content == "\n\n".join(m.content for m in messages)
+
+
+def test_the_fitted_prompt_comes_with_its_ids_from_the_last_count() -> None:
+    """The ids of the prompt that runs are the ones the fit counted (the runner does not tokenize
+    the same text again); a prompt too short to count has none."""
+    c = Counting()
+    messages = conversation(300)
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 300))
+    assert len(fitted.messages) < len(messages)
+    assert fitted.ids == [len(w) for w in fitted.prompt.split()]
+    assert fitted.tokens == len(fitted.ids) < 300
+    short = run(fit_chat(conversation(2), c.render, c.tokenize, 2048))
+    assert short.ids is None and short.tokens is None
+
+
+def test_a_counted_prompt_that_keeps_everything_comes_with_its_ids() -> None:
+    c = Counting()
+    messages = [Message(role="system", content="s"), Message(role="user", content="x" * 400)]
+    fitted = run(fit_chat(messages, c.render, c.tokenize, 100))  # 400 bytes: counted, 6 words
+    assert fitted.messages == messages and fitted.ids == [len(w) for w in fitted.prompt.split()]
