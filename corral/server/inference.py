@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from corral.engine.base import Chunk, GenerateParams, Metrics
+from corral.engine.base import Chunk, GenerateParams, Metrics, Runner
 from corral.errors import BadRequestError, PromptTooLongError
 from corral.schemas.native import (
     ChatRequest,
@@ -105,9 +105,14 @@ async def lifecycle_only(ctx: AppContext, job: Job, shape: Callable[[str], dict[
 
 
 def sample_params(job: Job, prompt: str, req: GenerateRequest | ChatRequest, images: list[bytes],
-                  plan: Plan | None = None) -> GenerateParams:
+                  plan: Plan | None = None, *, context: list[int] | None = None,
+                  prompt_tokens: list[int] | None = None) -> GenerateParams:
+    """The engine request: `context` ids run before the prompt, `prompt_tokens` are the prompt's
+    ids when the server already has them (see `GenerateParams`)."""
     return GenerateParams(
         prompt=prompt,
+        context=context or [],
+        prompt_tokens=prompt_tokens,
         options=job.options.sample,
         images=images,
         grammar=plan.grammar(prompt) if plan is not None else None,
@@ -159,6 +164,17 @@ async def single(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     yield item
 
 
+async def context_parts(runner: Runner, req: GenerateRequest, images: list[bytes]) -> tuple[list[int], list[str]]:
+    """/api/generate's `context`: ids that run as they are before the prompt (the runner checks
+    them against the vocabulary); for a prompt with images, which the runner reads as text, the
+    ids' text (as Ollama does, lossy)."""
+    if not req.context:
+        return [], []
+    if images:
+        return [], [await runner.detokenize(req.context)]
+    return list(req.context), []
+
+
 def generate_prompt(job: Job, req: GenerateRequest, context_text: list[str], think: bool | None = None) -> str:
     if req.raw:
         return tag_raw(req.prompt, len(req.images or []))
@@ -174,10 +190,10 @@ async def generate_stream(ctx: AppContext, job: Job, req: GenerateRequest, image
                           ) -> AsyncIterator[dict[str, Any]]:
     started = time.monotonic_ns()
     async with leased(ctx, job) as (runner, load_ns):
-        context_text = [await runner.detokenize(req.context)] if req.context else []
+        context_ids, context_text = await context_parts(runner, req, images)
         prompt, images = placed(generate_prompt(job, req, context_text, plan.think), images)
         splitter = plan.splitter(prompt)
-        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
+        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan, context=context_ids)):
             piece = splitter.feed(chunk.text, final=chunk.done)
             if not (piece or chunk.logprobs or chunk.done):
                 continue
@@ -275,11 +291,12 @@ async def _chat_once(ctx: AppContext, job: Job, req: ChatRequest, messages: list
                                    think_level=level(req.think))
 
         tools = len(plan.render_tools or [])
-        prompt = (await fit_messages(runner, job, messages, render, tools=tools) if req.truncate is not False
-                  else render(messages))
-        prompt, images = placed(prompt, images)  # the images of the messages kept, tags from 0
+        fitted = await fit_messages(runner, job, messages, render, tools=tools) if req.truncate is not False else None
+        prompt, images = placed(fitted.prompt if fitted is not None else render(messages), images)
+        # the fit's ids run as they are (counted once), unless images made the prompt text again
+        ids = fitted.ids if fitted is not None and not images and prompt == fitted.prompt else None
         splitter: OutputSplitter = plan.splitter(prompt)
-        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan)):
+        async for chunk in runner.generate(sample_params(job, prompt, req, images, plan, prompt_tokens=ids)):
             piece = splitter.feed(chunk.text, final=chunk.done)
             if not (piece or chunk.logprobs or chunk.done):
                 continue
