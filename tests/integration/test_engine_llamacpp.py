@@ -186,6 +186,26 @@ def test_cancellation_frees_the_sequence(aloop: Loop, runner: LlamaCppRunner) ->
     assert waited < 1.0
 
 
+def test_a_stopped_request_keeps_its_kv_for_the_regenerate(aloop: Loop, runner: LlamaCppRunner) -> None:
+    """Issue 13: Open WebUI's stop-then-regenerate prefills only the prompt's last token again."""
+    prompt = chat("Describe the water cycle in detail.", "You are a patient science teacher. " * 8)
+
+    async def stop_after_three_chunks() -> None:
+        params = GenerateParams(prompt=prompt, options=SampleOptions(temperature=0, num_predict=400))
+        gen = cast(AsyncGenerator[Chunk, None], runner.generate(params))
+        for _ in range(3):
+            await gen.__anext__()
+        await gen.aclose()
+        t0 = time.monotonic()
+        while (await runner.status())["active"] and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.02)
+
+    aloop.run(stop_after_three_chunks())
+    text, last = aloop.run(collect(runner, prompt, temperature=0, num_predict=4))
+    assert last.metrics is not None and last.metrics.prompt_eval_count > 80 and text
+    assert last.metrics.prompt_cache_count == last.metrics.prompt_eval_count - 1
+
+
 def test_embeddings_shape_and_determinism(aloop: Loop, runner: LlamaCppRunner) -> None:
     a = aloop.run(runner.embed(["the quick brown fox", "hello"]))
     b = aloop.run(runner.embed(["the quick brown fox"]))

@@ -16,8 +16,10 @@ import pytest
 
 from corral.engine.base import GenerateParams
 from corral.engine.llamacpp.batch import BatchLoop
+from corral.engine.llamacpp.loopio import Cancel, Event, Generate, Stop
 from corral.engine.llamacpp.media import Vision
 from corral.engine.llamacpp.model import ContextConfig, LlamaModel
+from corral.engine.llamacpp.runner import event_dict
 from corral.schemas.options import SampleOptions
 from tests.mmproj import png, write_gemma3_mmproj, write_mmproj
 from tests.support import smollm2_path
@@ -55,7 +57,8 @@ class Harness:
         done = threading.Event()
         out: dict[str, Any] = {"text": ""}
 
-        def emit(ev: dict[str, Any]) -> None:
+        def emit(event: Event) -> None:
+            ev = event_dict(event)
             if "error" in ev:
                 out["error"] = ev["error"]
                 done.set()
@@ -67,7 +70,7 @@ class Harness:
                 done.set()
 
         params = GenerateParams(prompt=prompt, images=images or [], options=SampleOptions(temperature=0, num_predict=n))
-        self.loop.submit(("generate", rid, params, emit))
+        self.loop.submit(Generate(rid, params, emit))
         out["done"] = done
         return rid, out
 
@@ -76,7 +79,7 @@ class Harness:
         return out
 
     def stop(self) -> None:
-        self.loop.submit(("stop",))
+        self.loop.submit(Stop())
         self.thread.join(30)
 
 
@@ -150,7 +153,7 @@ def test_the_loop_keeps_stepping_while_an_image_is_encoded(harness: Harness) -> 
         started.clear()
         gone, _ = harness.submit(chat("[img-0]And this?"), [png(64, 64, seed=6)])
         assert started.wait(60)
-        harness.loop.submit(("cancel", gone))
+        harness.loop.submit(Cancel(gone))
         release.set()
         again = harness.wait(harness.submit(chat("[img-0]What is it?"), [png(64, 64, seed=5)])[1])
         assert again["text"] == harness.wait(image)["text"]

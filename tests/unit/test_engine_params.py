@@ -17,9 +17,10 @@ from corral.engine.llamacpp import backend
 from corral.engine.llamacpp import protocol as proto
 from corral.engine.llamacpp.batch import UNLOADED, BatchLoop
 from corral.engine.llamacpp.cstruct import c_fields, new, set_fields
+from corral.engine.llamacpp.loopio import Event, Generate, Stop
 from corral.engine.llamacpp.model import ContextConfig, context_params, model_params
 from corral.engine.llamacpp.proc import LlamaCppEngine, runner_argv
-from corral.engine.llamacpp.runner import RunnerServer
+from corral.engine.llamacpp.runner import RunnerServer, event_dict
 from corral.engine.llamacpp.threadpool import Threadpool, loaded_library
 from corral.engine.llamacpp.tuning import RunnerTuning
 from corral.errors import CorralError, PayloadTooLargeError
@@ -101,18 +102,18 @@ class _Model:
 
 def test_stop_fails_waiting_sequences_and_reports_stopped() -> None:
     loop = BatchLoop(cast(Any, _Model()), num_ctx=64, num_parallel=1)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     stopped = threading.Event()
     loop.on_stopped = stopped.set
     params = GenerateParams(prompt="a b c", options=SampleOptions())
-    loop.submit(("generate", 1, params, events.append))
-    loop.submit(("stop",))
-    loop.submit(("generate", 2, params, events.append))  # after the stop: refused, never queued
+    loop.submit(Generate(1, params, events.append))
+    loop.submit(Stop())
+    loop.submit(Generate(2, params, events.append))  # after the stop: refused, never queued
     worker = threading.Thread(target=loop.run)
     worker.start()
     worker.join(5)
     assert not worker.is_alive() and stopped.is_set()
-    assert events == [proto.error_event(CorralError(UNLOADED))] * 2
+    assert [event_dict(e) for e in events] == [proto.error_event(CorralError(UNLOADED))] * 2
     assert not loop.waiting and not loop.active
 
 

@@ -3,10 +3,11 @@
 Owns request admission (tokenize, truncate, seat in a slot with prefix reuse or a shared-prefix
 copy), the per-step batch (one token per generating sequence + a budgeted chunk of prompt tokens,
 one `llama_decode`), sampling, stop/length decisions, context shift, KV-pressure eviction and
-cancellation. Talks to the I/O side only through `submit()` (thread-safe inbox) and the `emit`
-callbacks it is given: events are collected per loop iteration and handed over in one call to
-`dispatch` (which must be thread-safe; without one, each emit is called directly). Does not do
-socket I/O.
+cancellation. Talks to the I/O side only through `submit()` (thread-safe inbox of loopio's typed
+messages) and the `emit` callbacks it is given: it emits engine values (`Chunk`, `Failure`), which
+the runner encodes. Events are collected per loop iteration and handed over in one call to
+`dispatch` (which must be thread-safe; without one, each emit is called directly). Works on any
+`LoopModel` (loopmodel.py: `LlamaModel`, or a fake in tests). Does not do socket I/O.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.engine.base import GenerateParams, TokenLogprob
+from corral.engine.base import Chunk, GenerateParams, Metrics, TokenLogprob
 from corral.errors import BadRequestError, CorralError
 
 from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
+from .loopio import Call, Cancel, Emit, Event, Failure, Generate, Message, Out, Reply, Stop
+from .loopmodel import LoopModel
 from .lora import LoraScales
-from .model import LlamaModel
 from .prompt import prompt_ids
 from .promptcache import SlotCache
-from .protocol import error_event, logprob_dict
 from .sampling import SeqSampler, token_logprob
 from .spec import SeqSpec, Speculator
 
 log = logging.getLogger(__name__)
-Emit = Callable[[dict[str, Any]], None]
 # A new prompt sharing at least this many more tokens with a sequence still being prefilled waits
 # for that prefill and copies the computed prefix instead of computing it a second time.
 SHARE_MIN_TOKENS = 32
@@ -94,12 +94,12 @@ class StepStats:
 
 
 class BatchLoop:
-    def __init__(self, model: LlamaModel, *, num_ctx: int, num_parallel: int, cache: SlotCache | None = None) -> None:
+    def __init__(self, model: LoopModel, *, num_ctx: int, num_parallel: int, cache: SlotCache | None = None) -> None:
         self.model = model
         self.cache = cache  # prompt cache beyond the slots (promptcache.py)
         self.num_ctx = num_ctx
         self.slots = [sl.Slot(i) for i in range(num_parallel)]
-        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.inbox: queue.Queue[Message] = queue.Queue()
         self.waiting: deque[tuple[int, GenerateParams, Emit, list[int]]] = deque()
         self.active: dict[int, Sequence] = {}
         self.stats = StepStats()
@@ -107,32 +107,37 @@ class BatchLoop:
         self.spec = Speculator(lambda s, p0, p1: self.model.seq_rm(s, p0, p1))  # speculative decoding (spec.py)
         self.lora = LoraScales(model.ctx, model.loras)  # per-request adapter scales (lora.py)
         self.running = True
-        self.dispatch: Callable[[list[tuple[Emit, dict[str, Any]]]], None] | None = None
+        self.dispatch: Callable[[list[Out]], None] | None = None
         self.on_stopped: Callable[[], None] | None = None  # called on the loop thread after the last flush
-        self._out: list[tuple[Emit, dict[str, Any]]] = []
+        self._out: list[Out] = []
 
     # --- thread-safe entry points ----------------------------------------------------------
-    def submit(self, msg: tuple[Any, ...]) -> None:
+    def submit(self, msg: Message) -> None:
         self.inbox.put(msg)
 
     def run(self) -> None:
         while self.running:
-            if not self.active and not self.waiting:
-                self._handle(self.inbox.get())
-            while True:
-                try:
-                    self._handle(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            if self.running:
-                self._seat_waiting()
-                if self.active:
-                    self.step()
-            self._flush()
+            self.turn(block=not self.active and not self.waiting)
         if self.on_stopped is not None:
             self.on_stopped()
 
-    def _send(self, emit: Emit, ev: dict[str, Any]) -> None:
+    def turn(self, *, block: bool = False) -> None:
+        """One iteration: read the inbox (waiting for a message if `block`), seat what fits, one
+        step, hand the events over. `run()` repeats it; a test may call it directly."""
+        if block:
+            self._handle(self.inbox.get())
+        while True:
+            try:
+                self._handle(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        if self.running:
+            self._seat_waiting()
+            if self.active:
+                self.step()
+        self._flush()
+
+    def _send(self, emit: Callable[[Any], None], ev: Event | Reply) -> None:
         self._out.append((emit, ev))
 
     def _flush(self) -> None:
@@ -147,26 +152,23 @@ class BatchLoop:
                 emit(ev)
 
     # --- inbox ----------------------------------------------------------------------------
-    def _handle(self, msg: tuple[Any, ...]) -> None:
-        kind = msg[0]
-        if kind == "generate":
-            _, rid, params, emit = msg
+    def _handle(self, msg: Message) -> None:
+        if isinstance(msg, Generate):
             if not self.running:
-                self._send(emit, error_event(CorralError(UNLOADED)))
+                self._send(msg.emit, Failure(CorralError(UNLOADED)))
                 return
             try:
-                self.waiting.append((rid, params, emit, self._prepare(params)))
+                self.waiting.append((msg.rid, msg.params, msg.emit, self._prepare(msg.params)))
             except CorralError as exc:
-                self._send(emit, error_event(exc))
-        elif kind == "cancel":
-            self._cancel(msg[1])
-        elif kind == "call":
-            _, fn, emit = msg
+                self._send(msg.emit, Failure(exc))
+        elif isinstance(msg, Cancel):
+            self._cancel(msg.rid)
+        elif isinstance(msg, Call):
             try:
-                self._send(emit, fn())
+                self._send(msg.emit, msg.fn())
             except Exception as exc:
-                self._send(emit, error_event(exc))
-        elif kind == "stop" and self.running:
+                self._send(msg.emit, Failure(exc))
+        elif isinstance(msg, Stop) and self.running:
             self._stop_all()
 
     def _stop_all(self) -> None:
@@ -177,7 +179,7 @@ class BatchLoop:
         for seq in list(self.active.values()):
             self._fail(seq, exc)
         for _, _, emit, _ in self.waiting:
-            self._send(emit, error_event(exc))
+            self._send(emit, Failure(exc))
         self.waiting.clear()
         self.running = False
 
@@ -202,11 +204,17 @@ class BatchLoop:
         return tokens
 
     def _cancel(self, rid: int) -> None:
+        """Forget request `rid`. A running one keeps the KV of the positions it decoded (the slot's
+        `cached`, in step with the KV after each decode), so a regenerate after a stop prefills
+        only what is new; cells beyond them (a draft that was never verified) go. A prompt with
+        images starts over (its KV may hold part of an image)."""
         self.waiting = deque(w for w in self.waiting if w[0] != rid)
         seq = self.active.pop(rid, None)
         if seq is not None:
-            self.model.seq_rm(seq.slot.seq_id)
-            seq.slot.cached = []
+            slot = seq.slot
+            if seq.media is not None or not self.model.seq_rm(slot.seq_id, len(slot.cached), -1):
+                self.model.seq_rm(slot.seq_id)
+                slot.cached = []
             self._release(seq)
 
     def _release(self, seq: Sequence) -> None:
@@ -232,7 +240,7 @@ class BatchLoop:
             try:
                 self._seat(rid, params, emit, tokens, plan)
             except CorralError as exc:
-                self._send(emit, error_event(exc))
+                self._send(emit, Failure(exc))
         self.waiting.extendleft(reversed(deferred))
 
     def _order_waiting(self) -> None:
@@ -376,7 +384,7 @@ class BatchLoop:
         self.model.seq_rm(seq.slot.seq_id)
         seq.slot.cached = []
         self._release(seq)
-        self._send(seq.emit, error_event(exc))
+        self._send(seq.emit, Failure(exc))
 
     def _shift(self, seq: Sequence) -> bool:
         """Make room at num_ctx: context shift, or finish with "length". True if seq continues."""
@@ -417,10 +425,7 @@ class BatchLoop:
         text = seq.stop.feed(seq.utf8.feed(self.model.piece(tok)))
         seq.tokens.append(tok)
         if text or lps:
-            ev: dict[str, Any] = {"text": text}
-            if lps:
-                ev["logprobs"] = [logprob_dict(lp) for lp in lps]
-            self._send(seq.emit, ev)
+            self._send(seq.emit, Chunk(text, lps))
         if seq.stop.stopped:
             self._finish(seq, "stop")
         elif seq.n_gen >= seq.limit:
@@ -432,17 +437,17 @@ class BatchLoop:
         now = time.perf_counter()
         tail = "" if seq.stop.stopped else seq.stop.feed(seq.utf8.flush()) + seq.stop.flush()
         t_first = seq.t_first or now
-        metrics = {
-            "prompt_eval_count": seq.n_prompt,
-            "prompt_cache_count": seq.n_cached,
-            "prompt_eval_duration": int((t_first - seq.t_seated) * 1e9),
-            "eval_count": seq.n_gen,
-            "eval_duration": int((now - t_first) * 1e9),
-            "context": [t for t in seq.tokens if t >= 0],  # image positions are not tokens
-        }
+        metrics = Metrics(
+            prompt_eval_count=seq.n_prompt,
+            prompt_cache_count=seq.n_cached,
+            prompt_eval_duration=int((t_first - seq.t_seated) * 1e9),
+            eval_count=seq.n_gen,
+            eval_duration=int((now - t_first) * 1e9),
+            context=[t for t in seq.tokens if t >= 0],  # image positions are not tokens
+        )
         self.active.pop(seq.rid, None)
         self._release(seq)
-        self._send(seq.emit, {"text": tail, "done": True, "done_reason": reason, "metrics": metrics})
+        self._send(seq.emit, Chunk(tail, done=True, done_reason=reason, metrics=metrics))
 
     # --- introspection (loop thread) --------------------------------------------------------
     def status(self) -> dict[str, Any]:

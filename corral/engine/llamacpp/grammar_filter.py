@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .cstruct import new
-from .model import LlamaModel
+from .loopmodel import LoopModel
 
 TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # = llama_token_data
 
@@ -35,7 +35,7 @@ EOG = EMPTY + 1
 N_KEYS = EOG + 1
 BIG_GROUP = 512  # first bytes shared by more tokens than this get a second-byte check
 SCAN_SLICE = 8192  # tokens scanned per rejected pick until the table is complete (~40 ms)
-_CACHE: weakref.WeakKeyDictionary[LlamaModel, VocabPrefixes] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[LoopModel, VocabPrefixes] = weakref.WeakKeyDictionary()
 
 
 class Candidates:
@@ -74,7 +74,7 @@ class Candidates:
         return int(self.buf["id"][int(np.argmax(self.logits()))])
 
 
-def prefixes_of(model: LlamaModel) -> VocabPrefixes:
+def prefixes_of(model: LoopModel) -> VocabPrefixes:
     """The model's table (kept with the model); see `VocabPrefixes.advance` for when it is ready."""
     got = _CACHE.get(model)
     if got is None:

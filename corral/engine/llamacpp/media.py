@@ -45,6 +45,7 @@ import numpy.typing as npt
 from corral.errors import BadRequestError, CorralError
 
 from .cstruct import new, set_fields
+from .loopmodel import LoopModel
 from .model import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -442,7 +443,7 @@ async def prepare_ahead(vision: Vision | None, params: Any) -> None:
         await asyncio.to_thread(vision.stash, params)
 
 
-def align(model: LlamaModel, slot: Slotted, tokens: list[int], n_past: int) -> int:
+def align(model: LoopModel, slot: Slotted, tokens: list[int], n_past: int) -> int:
     """The reused cache length of a seated prompt, backed off to the start of an image it ends in."""
     if not isinstance(tokens, PromptTokens):
         return n_past

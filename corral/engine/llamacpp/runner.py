@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from corral.errors import BadRequestError, CorralError
@@ -28,6 +29,7 @@ from corral.errors import BadRequestError, CorralError
 from . import offload, rpcdev
 from . import protocol as proto
 from .batch import UNLOADED, BatchLoop
+from .loopio import Call, Cancel, Event, Failure, Generate, Out, Reply, Stop
 from .media import open_vision, prepare_ahead
 from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
@@ -175,11 +177,11 @@ class RunnerServer:
         aloop = asyncio.get_running_loop()
         fut: asyncio.Future[dict[str, Any]] = aloop.create_future()
 
-        def settle(ev: dict[str, Any]) -> None:
+        def settle(reply: Reply) -> None:
             if not fut.done():
-                fut.set_result(ev)
+                fut.set_result(proto.error_event(reply.error) if isinstance(reply, Failure) else reply)
 
-        self.batch.submit(("call", fn, settle))
+        self.batch.submit(Call(fn, settle))
         return await fut
 
     async def _generate(self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -192,9 +194,9 @@ class RunnerServer:
         except CorralError as exc:
             await self._send(writer, proto.error_event(exc))
             return
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        events: asyncio.Queue[Event] = asyncio.Queue()
         rid = next(self.ids)
-        self.batch.submit(("generate", rid, params, events.put_nowait))
+        self.batch.submit(Generate(rid, params, events.put_nowait))
         eof = asyncio.ensure_future(reader.read(1))
         finished = False
         try:
@@ -205,15 +207,30 @@ class RunnerServer:
                     get.cancel()
                     break
                 ev = get.result()
-                finished = bool(ev.get("done") or "error" in ev)
-                writer.write(proto.encode(ev))
+                finished = isinstance(ev, Failure) or ev.done
+                writer.write(proto.encode(event_dict(ev)))
                 await writer.drain()
                 if finished:
                     return
         finally:
             eof.cancel()
             if not finished:  # the client went away (EOF, or a write to a closed socket failed)
-                self.batch.submit(("cancel", rid))
+                self.batch.submit(Cancel(rid))
+
+
+def event_dict(ev: Event) -> dict[str, Any]:
+    """The protocol line of one loop event: `{"text", "logprobs"?}`, the final
+    `{"text", "done", "done_reason", "metrics"}`, or `{"error": ...}`."""
+    if isinstance(ev, Failure):
+        return proto.error_event(ev.error)
+    out: dict[str, Any] = {"text": ev.text}
+    if ev.logprobs:
+        out["logprobs"] = [proto.logprob_dict(lp) for lp in ev.logprobs]
+    if ev.done:
+        out["done"] = True
+        out["done_reason"] = ev.done_reason
+        out["metrics"] = asdict(ev.metrics) if ev.metrics is not None else {}
+    return out
 
 
 async def serve(
@@ -224,11 +241,11 @@ async def serve(
         os.unlink(args.socket)
     aloop = asyncio.get_running_loop()
 
-    def deliver(items: list[tuple[Any, dict[str, Any]]]) -> None:
+    def deliver(items: list[Out]) -> None:
         for emit, ev in items:
             emit(ev)
 
-    def dispatch(items: list[tuple[Any, dict[str, Any]]]) -> None:
+    def dispatch(items: list[Out]) -> None:
         aloop.call_soon_threadsafe(deliver, items)
 
     stopped = asyncio.Event()
@@ -255,7 +272,7 @@ async def serve(
 async def _stop_batch(server: RunnerServer, loop: BatchLoop, stopped: asyncio.Event) -> None:
     """Stop the model thread (it fails its sequences with an error event, after at most the step
     in progress), then give the connections a moment to write those last events."""
-    loop.submit(("stop",))
+    loop.submit(Stop())
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stopped.wait(), timeout=STOP_STEP_TIMEOUT)
     if server.connections:
@@ -309,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve(args, model, loop, {**offload.ready_fields(load_log), **rpcdev.ready_fields(rpc)}))
     finally:
-        loop.submit(("stop",))  # no-op when serve() stopped it already
+        loop.submit(Stop())  # no-op when serve() stopped it already
         thread.join(timeout=STOP_STEP_TIMEOUT)
         if cache is not None:
             cache.close(CACHE_FLUSH_TIMEOUT)

@@ -35,7 +35,7 @@ from corral.schemas.options import SampleOptions
 
 from .cstruct import new
 from .grammar_filter import SCAN_SLICE, Candidates, prefixes_of
-from .model import LlamaModel
+from .loopmodel import LoopModel
 
 RESCUE = 256  # best raw candidates the grammar sees first after a rejected pick
 PREFILTER_MAX_FRACTION = 8  # prefilter top_k only when k <= n_vocab / this
@@ -91,7 +91,7 @@ class SeqSampler:
     `n_rejected` counts picks the grammar refused (each cost a resample).
     """
 
-    def __init__(self, model: LlamaModel, opts: SampleOptions, *, grammar: str | None, num_ctx: int,
+    def __init__(self, model: LoopModel, opts: SampleOptions, *, grammar: str | None, num_ctx: int,
                  ignore_eos: bool = False):
         self.model = model
         self.chain: Any = None
@@ -250,7 +250,7 @@ def log_softmax(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
     return x - (m + math.log(float(np.sum(np.exp(x - m)))))
 
 
-def token_logprob(model: LlamaModel, idx: int, token: int, top_n: int) -> TokenLogprob:
+def token_logprob(model: LoopModel, idx: int, token: int, top_n: int) -> TokenLogprob:
     """Logprob of the sampled token under the raw logits, plus the top `top_n` alternatives."""
     lp = log_softmax(model.logits(idx))
 
