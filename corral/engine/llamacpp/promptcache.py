@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import slots as sl
 
 if TYPE_CHECKING:
+    from .loopmodel import LoopModel
     from .model import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class SlotCache:
     """The batching loop's side of the prompt cache: save a slot before it is overwritten,
     restore a stored prefix into a free slot."""
 
-    def __init__(self, model: LlamaModel, cache: PromptCache) -> None:
+    def __init__(self, model: LoopModel, cache: PromptCache) -> None:
         self.model = model
         self.cache = cache
 
