@@ -161,18 +161,28 @@ class DiskTier:
 
     def _damaged(self, path: Path, why: str) -> None:
         log.warning("prompt cache: removing damaged entry %s: %s", path, why)
-        self.counts["damaged"] += 1
+        self._count("damaged")
         with contextlib.suppress(OSError):
             path.unlink()
+
+    def _count(self, what: str) -> None:
+        with self.lock:  # the model thread, the writer and the prompt cache's reader all count
+            self.counts[what] += 1
 
     def keys(self) -> list[bytes]:
         with self.lock:
             return list(self.index)
 
+    def data_size(self, key: bytes) -> int | None:
+        """Bytes of the state stored under `key` (what reading it takes in memory); None if absent."""
+        with self.lock:
+            entry = self.index.get(key)
+        return None if entry is None else entry.size - HEADER.size - len(self.tag) - len(key)
+
     def path_for(self, key: bytes) -> Path:
         return self.dir / (hashlib.sha256(key).hexdigest()[:40] + SUFFIX)
 
-    # --- model thread -----------------------------------------------------------------------
+    # --- model thread (reads: the prompt cache's reader thread) ------------------------------
     def write(self, key: bytes, data: bytearray) -> None:
         """Queue `data` to be written under `key` (skipped when the writer is behind)."""
         if not self.enabled:
@@ -183,7 +193,7 @@ class DiskTier:
         try:
             self.queue.put_nowait(("write", key, data))
         except queue.Full:
-            self.counts["dropped"] += 1
+            self._count("dropped")
 
     def remove(self, key: bytes) -> None:
         with contextlib.suppress(queue.Full):
@@ -215,7 +225,7 @@ class DiskTier:
             return None
         with contextlib.suppress(OSError):
             os.utime(entry.path)  # recently used: last to be swept
-        self.counts["reads"] += 1
+        self._count("reads")
         return data
 
     def _forget(self, key: bytes) -> DiskEntry | None:
@@ -253,7 +263,7 @@ class DiskTier:
             return
         with self.lock:
             self.index[key] = DiskEntry(path, size)
-        self.counts["written"] += 1
+        self._count("written")
         self.sweep()
 
     def sweep(self) -> None:
@@ -281,8 +291,8 @@ class DiskTier:
     def status(self) -> dict[str, Any]:
         with self.lock:
             entries, size = len(self.index), sum(e.size for e in self.index.values())
-        return {"enabled": self.enabled, "entries": entries, "bytes": size, "max_bytes": self.max_bytes,
-                **self.counts}
+            counts = dict(self.counts)
+        return {"enabled": self.enabled, "entries": entries, "bytes": size, "max_bytes": self.max_bytes, **counts}
 
     def close(self, timeout: float) -> None:
         """Finish the queued writes (at most `timeout` seconds), then stop the writer."""
