@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from corral.errors import ConnectError, CorralError, error_from_status, retry_after_seconds
 from corral.schemas.native import (
+    ChatRequest,
+    ChatResponse,
     CreateRequest,
     EmbedResponse,
+    GenerateRequest,
+    GenerateResponse,
     ListResponse,
     ProcessResponse,
     ProgressResponse,
@@ -47,6 +52,12 @@ def _raise_for(response: httpx.Response) -> None:
         pass
     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     raise error_from_status(response.status_code, message, retry_after)
+
+
+def _body(request: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(request, BaseModel):  # the fields the caller set, as the wire spells them
+        return request.model_dump(mode="json", exclude_none=True, exclude_unset=True, by_alias=True)
+    return request
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
@@ -186,12 +197,16 @@ class Client:
             yield ProgressResponse.model_validate(item)
 
     # inference -------------------------------------------------------------------------------
-    def generate(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Stream `/api/generate` chunks (raw dicts, as the server sends them)."""
-        yield from self._stream("/api/generate", {**body, "stream": True})
+    def generate(self, body: GenerateRequest | dict[str, Any]) -> Iterator[GenerateResponse]:
+        """Stream `/api/generate` chunks as `GenerateResponse`s (attribute or key access, as the
+        official ollama client's; `.dump()` gives the JSON object the server sent)."""
+        for item in self._stream("/api/generate", {**_body(body), "stream": True}):
+            yield GenerateResponse.model_validate(item)
 
-    def chat(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield from self._stream("/api/chat", {**body, "stream": True})
+    def chat(self, body: ChatRequest | dict[str, Any]) -> Iterator[ChatResponse]:
+        """Stream `/api/chat` chunks as `ChatResponse`s."""
+        for item in self._stream("/api/chat", {**_body(body), "stream": True}):
+            yield ChatResponse.model_validate(item)
 
     def embed(self, body: dict[str, Any]) -> EmbedResponse:
         return EmbedResponse.model_validate(self._request("POST", "/api/embed", json=body).json())

@@ -3,42 +3,47 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from corral.cli.common import err_console as err
 from corral.config import Settings
+from corral.schemas.native import ChatResponse, GenerateResponse
+
+Answer = TypeVar("Answer", GenerateResponse, ChatResponse)
 
 
-def print_summary(final: dict[str, Any]) -> None:
+def print_summary(final: GenerateResponse | ChatResponse) -> None:
     """The `--verbose` timing summary, formatted as Ollama's Metrics.Summary."""
     def dur(ns: int) -> str:
         s = ns / 1e9
         return f"{s * 1000:.6f}ms".rstrip("0") if s < 1 else f"{s:.9f}s".rstrip("0")
 
-    lines = [f"total duration:       {dur(final.get('total_duration', 0))}",
-             f"load duration:        {dur(final.get('load_duration', 0))}"]
-    pc, pd = final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0)
+    lines = [f"total duration:       {dur(final.total_duration or 0)}",
+             f"load duration:        {dur(final.load_duration or 0)}"]
+    pc, pd = final.prompt_eval_count or 0, final.prompt_eval_duration or 0
     lines.append(f"prompt eval count:    {pc} token(s)")
     if pd:
         lines += [f"prompt eval duration: {dur(pd)}", f"prompt eval rate:     {pc / (pd / 1e9):.2f} tokens/s"]
-    if "prompt_cache_count" in final:
-        lines.append(f"prompt cache count:   {final['prompt_cache_count']} token(s)")
-    ec, ed = final.get("eval_count", 0), final.get("eval_duration", 0)
+    if final.prompt_cache_count is not None:
+        lines.append(f"prompt cache count:   {final.prompt_cache_count} token(s)")
+    ec, ed = final.eval_count or 0, final.eval_duration or 0
     lines.append(f"eval count:           {ec} token(s)")
     if ed:
         lines += [f"eval duration:        {dur(ed)}", f"eval rate:            {ec / (ed / 1e9):.2f} tokens/s"]
     err.print("\n".join(lines))
 
 
-def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict[str, Any]:
-    """Print streamed text as it arrives; return the final chunk."""
-    final: dict[str, Any] = {}
+def stream_answer(chunks: Iterable[Answer], *, hide_thinking: bool = False) -> Answer | None:
+    """Print streamed text as it arrives; return the final chunk (None if the stream had none)."""
+    final: Answer | None = None
     thinking = False
     for chunk in chunks:
-        part = chunk.get("message", {}) if key == "message" else chunk
-        think_text = part.get("thinking") or ""
-        text = part.get("content" if key == "message" else "response") or ""
+        if isinstance(chunk, ChatResponse):
+            think_text, text = chunk.message.thinking or "", chunk.message.content
+        else:
+            think_text, text = chunk.thinking or "", chunk.response
         if think_text and not hide_thinking:
             if not thinking:
                 sys.stdout.write("Thinking...\n")
@@ -50,7 +55,7 @@ def stream_answer(chunks: Any, *, key: str, hide_thinking: bool = False) -> dict
                 thinking = False
             sys.stdout.write(text)
         sys.stdout.flush()
-        if chunk.get("done"):
+        if chunk.done:
             final = chunk
     return final
 

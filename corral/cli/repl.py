@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from prompt_toolkit import PromptSession
@@ -20,7 +21,7 @@ from corral.cli.images import user_message
 from corral.client import Client
 from corral.config import Settings
 from corral.errors import BadRequestError, CorralError
-from corral.schemas.native import CreateRequest
+from corral.schemas.native import ChatResponse, CreateRequest
 from corral.schemas.options import ALL_KEYS, parse_parameter
 
 HELP = """Available Commands:
@@ -103,7 +104,7 @@ class Repl:
         stream = self.c.chat(body)
         reply: list[str] = []
         try:
-            final = stream_answer(_tee(stream, reply), key="message", hide_thinking=self.hide_thinking)
+            final = stream_answer(_tee(stream, reply), hide_thinking=self.hide_thinking)
         except KeyboardInterrupt:
             close = getattr(stream, "close", None)
             if close:
@@ -117,7 +118,7 @@ class Repl:
             return
         self.say("\n")
         self.messages.append({"role": "assistant", "content": "".join(reply)})
-        if self.verbose and final:
+        if self.verbose and final is not None:
             print_summary(final)
 
     def command(self, line: str) -> None:
@@ -202,7 +203,7 @@ class Repl:
         self.say(f"Created new model '{name}'")
 
 
-def _tee(stream: Any, sink: list[str]) -> Any:
+def _tee(stream: Iterator[ChatResponse], sink: list[str]) -> Iterator[ChatResponse]:
     for chunk in stream:
-        sink.append(chunk.get("message", {}).get("content", ""))
+        sink.append(chunk.message.content)
         yield chunk

@@ -177,10 +177,10 @@ def run(model: str, prompt: tuple[str, ...], parameters: tuple[str, ...], keepal
         msg = user_message(c, model, " ".join(parts))  # with the images it names, for a vision model
         body["prompt"] = msg["content"]
         body.update({"images": msg["images"]} if "images" in msg else {})
-        final = stream_answer(c.generate(body), key="response", hide_thinking=hidethinking)
+        final = stream_answer(c.generate(body), hide_thinking=hidethinking)
         sys.stdout.write("\n")
         sys.stdout.flush()
-        if verbose and final:
+        if verbose and final is not None:
             print_summary(final)
 
 

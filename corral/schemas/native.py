@@ -13,12 +13,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class WireModel(BaseModel):
-    """Base for every wire type: unknown fields accepted, `dump` omits None like omitempty."""
+    """Base for every wire type: unknown fields accepted, `dump` omits None like omitempty.
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    As the official `ollama` client's types, a value also reads like the JSON object it came from:
+    `chunk["message"]["content"]`, `"tool_calls" in message` (a field is "in" when it was set or
+    has a non-None default) and `chunk.get("thinking", "")` (the default when the field is not "in",
+    as a dict's `get`, so code written for the JSON objects keeps working).
+    """
+
+    # JSON text keeps Python's `Infinity` for a float that is one (a -inf logprob), as `json.dumps` did
+    model_config = ConfigDict(extra="allow", populate_by_name=True, ser_json_inf_nan="constants")
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        if key in self.model_fields_set or key in (self.__pydantic_extra__ or {}):
+            return True
+        info = type(self).model_fields.get(key)
+        return info is not None and info.default is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self else default
 
 
 # Messages, tools -----------------------------------------------------------------------------
@@ -292,6 +315,20 @@ class ChatResponse(WireModel):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+
+
+class DebugInfo(WireModel):
+    rendered_template: str
+    image_count: int = 0
+
+
+class DebugResponse(WireModel):
+    """The answer to `_debug_render_only` on `/api/generate`, `/api/chat` and `/v1/chat/completions`:
+    the rendered prompt, nothing generated."""
+
+    model: str
+    created_at: datetime
+    debug_info: DebugInfo = Field(alias="_debug_info")
 
 
 class EmbedResponse(WireModel):

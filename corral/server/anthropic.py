@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError
 from corral.schemas.anthropic import AnthropicMessage, MessagesRequest
-from corral.schemas.native import ChatRequest
+from corral.schemas.native import ChatRequest, ChatResponse, ToolCall
 from corral.schemas.openai import log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.errors import anthropic_stream_error
@@ -165,16 +165,25 @@ def stop_reason(done_reason: str | None, tool_calls: bool) -> str | None:
     return "stop_sequence" if done_reason else None
 
 
+def usage_of(final: ChatResponse | None) -> dict[str, Any]:
+    """Anthropic's `usage`: `cache_read_input_tokens` are the prompt tokens served from the KV or
+    prompt cache (the native `prompt_cache_count`); `input_tokens` stays the whole prompt, as Ollama's."""
+    if final is None:
+        return {"input_tokens": 0, "output_tokens": 0}
+    return {"input_tokens": final.prompt_eval_count or 0, "output_tokens": final.eval_count or 0,
+            "cache_read_input_tokens": final.prompt_cache_count or 0}
+
+
 async def collect(mid: str, model: str, items: Native) -> dict[str, Any]:
     text: list[str] = []
     thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
-    last: dict[str, Any] = {}
+    calls: list[ToolCall] = []
+    last: ChatResponse | None = None
     async for item in items:
-        msg = item.get("message", {})
-        text.append(msg.get("content", ""))
-        thinking.append(msg.get("thinking") or "")
-        calls.extend(msg.get("tool_calls") or [])
+        msg = item.message
+        text.append(msg.content)
+        thinking.append(msg.thinking or "")
+        calls.extend(msg.tool_calls or [])
         last = item
     content: list[dict[str, Any]] = []
     if "".join(thinking):
@@ -182,11 +191,11 @@ async def collect(mid: str, model: str, items: Native) -> dict[str, Any]:
     if "".join(text):
         content.append({"type": "text", "text": "".join(text)})
     for c in calls:
-        content.append({"type": "tool_use", "id": c.get("id") or new_id("toolu"), "name": c["function"]["name"],
-                        "input": c["function"].get("arguments") or {}})
+        content.append({"type": "tool_use", "id": c.id or new_id("toolu"), "name": c.function.name,
+                        "input": c.function.arguments or {}})
     return {"id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": stop_reason(last.get("done_reason"), bool(calls)), "stop_sequence": None,
-            "usage": {"input_tokens": last.get("prompt_eval_count", 0), "output_tokens": last.get("eval_count", 0)}}
+            "stop_reason": stop_reason(last.done_reason if last else None, bool(calls)), "stop_sequence": None,
+            "usage": usage_of(last)}
 
 
 class EventStream:
@@ -223,27 +232,27 @@ class EventStream:
                                                      "delta": delta}))
         return out
 
-    def convert(self, item: dict[str, Any]) -> list[bytes]:
-        msg = item.get("message", {})
+    def convert(self, item: ChatResponse) -> list[bytes]:
+        msg = item.message
         out: list[bytes] = []
-        if msg.get("thinking"):
+        if msg.thinking:
             out += self.block("thinking", {"type": "thinking", "thinking": "", "signature": ""},
-                              {"type": "thinking_delta", "thinking": msg["thinking"]})
-        if msg.get("content"):
-            out += self.block("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": msg["content"]})
-        for call in msg.get("tool_calls") or []:
+                              {"type": "thinking_delta", "thinking": msg.thinking})
+        if msg.content:
+            out += self.block("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": msg.content})
+        for call in msg.tool_calls or []:
             out += self.close()
-            fn = call["function"]
-            block = {"type": "tool_use", "id": call.get("id") or new_id("toolu"), "name": fn["name"], "input": {}}
+            fn = call.function
+            block = {"type": "tool_use", "id": call.id or new_id("toolu"), "name": fn.name, "input": {}}
             out += self.block("tool_use", block, {"type": "input_json_delta",
-                                                  "partial_json": json.dumps(fn.get("arguments") or {})})
+                                                  "partial_json": json.dumps(fn.arguments or {})})
             out += self.close()
             self.tools_sent += 1
-        if item.get("done"):
+        if item.done:
             out += self.close()
-            usage = {"input_tokens": item.get("prompt_eval_count", 0), "output_tokens": item.get("eval_count", 0)}
-            delta = {"stop_reason": stop_reason(item.get("done_reason"), self.tools_sent > 0), "stop_sequence": None}
-            out.append(sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+            delta = {"stop_reason": stop_reason(item.done_reason, self.tools_sent > 0), "stop_sequence": None}
+            out.append(sse_event("message_delta", {"type": "message_delta", "delta": delta,
+                                                   "usage": usage_of(item)}))
             out.append(sse_event("message_stop", {"type": "message_stop"}))
         return out
 
@@ -263,7 +272,7 @@ PING_EVERY = 15.0
 stream to clients that watch for idle ones (Claude Code gives up after 5 minutes without events)."""
 
 
-async def first_chunk(items: Native, events: EventStream) -> AsyncIterator[bytes | dict[str, Any] | None]:
+async def first_chunk(items: Native, events: EventStream) -> AsyncIterator[bytes | ChatResponse | None]:
     """Frames to send while waiting (`message_start`, pings), then the first chunk (or None)."""
     task = asyncio.ensure_future(anext(items, None))
     try:
@@ -280,7 +289,7 @@ async def first_chunk(items: Native, events: EventStream) -> AsyncIterator[bytes
 
 async def event_frames(items: Native, events: EventStream) -> AsyncIterator[bytes]:
     started = False
-    first: dict[str, Any] | None = None
+    first: ChatResponse | None = None
     async for got in first_chunk(items, events):
         if isinstance(got, bytes):
             started = True

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.errors import BadRequestError, ModelNotFoundError
 from corral.names import ModelName
-from corral.schemas.native import ChatRequest, EmbedRequest, GenerateRequest, Message
+from corral.schemas.native import ChatRequest, DebugResponse, EmbedRequest, GenerateRequest, Message, TokenLogprob
 from corral.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage,
@@ -38,7 +38,7 @@ from corral.server.context import AppContext, Ctx
 from corral.server.embeddings import embed_response
 from corral.server.errors import openai_stream_error
 from corral.server.framing import sse_data
-from corral.server.inference import chat_events, generate_events
+from corral.server.inference import GenerateEvents, generate_events, start_chat
 from corral.server.openai_stream import (
     FINGERPRINT,
     ChatChunker,
@@ -229,9 +229,10 @@ def copies(native: ChatRequest, n: int) -> list[ChatRequest]:
 async def chat_completions(req: ChatCompletionRequest, ctx: Ctx, request: Request) -> Response:
     log_ignored_fields("/v1/chat/completions", req, CTX_FIELDS | LORA_FIELDS)
     native = to_chat_request(req)
-    streams: list[Native] = [await chat_events(ctx, r) for r in copies(native, req.n or 1)]
-    if req.debug_render_only:
-        return JSONResponse(await anext(streams[0]))
+    started = [await start_chat(ctx, r) for r in copies(native, req.n or 1)]
+    if isinstance(started[0], DebugResponse):
+        return JSONResponse(started[0].dump())
+    streams: list[Native] = [s for s in started if not isinstance(s, DebugResponse)]
     want_lp = native.logprobs
     if not req.stream:
         return JSONResponse(await until_disconnected(request, chat_completion(streams, req.model,
@@ -268,18 +269,18 @@ def ignore_eos(req: OpenAIModel) -> bool:
     return bool(req.extras().get("ignore_eos", False))
 
 
-def legacy_logprobs(items: list[dict[str, Any]]) -> dict[str, Any]:
+def legacy_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
     offsets, pos = [], 0
     for lp in items:
         offsets.append(pos)
-        pos += len(lp["token"])
-    return {"tokens": [lp["token"] for lp in items], "token_logprobs": [lp["logprob"] for lp in items],
-            "top_logprobs": [{t["token"]: t["logprob"] for t in lp.get("top_logprobs", [])} for lp in items],
+        pos += len(lp.token)
+    return {"tokens": [lp.token for lp in items], "token_logprobs": [lp.logprob for lp in items],
+            "top_logprobs": [{t.token: t.logprob for t in lp.top_logprobs or []} for lp in items],
             "text_offset": offsets}
 
 
 def completion_object(cid: str, created: int, model: str, text: str, reason: str | None,
-                      logprobs: list[dict[str, Any]] | None) -> dict[str, Any]:
+                      logprobs: list[TokenLogprob] | None) -> dict[str, Any]:
     return {"id": cid, "object": "text_completion", "created": created, "model": model,
             "system_fingerprint": FINGERPRINT,
             "choices": [{"text": text, "index": 0, "finish_reason": reason,
@@ -300,31 +301,35 @@ async def completions(req: CompletionRequest, ctx: Ctx, request: Request) -> Res
     return await sse_response(frames, openai_stream_error)
 
 
-async def collect_completion(items: Native, cid: str, created: int, model: str, want_lp: bool) -> dict[str, Any]:
+async def collect_completion(items: GenerateEvents, cid: str, created: int, model: str, want_lp: bool
+                             ) -> dict[str, Any]:
     text: list[str] = []
-    lps: list[dict[str, Any]] = []
-    last: dict[str, Any] = {}
+    lps: list[TokenLogprob] = []
+    done_reason: str | None = None
+    usage = usage_of(0, 0)
     async for item in items:
-        text.append(item.get("response", ""))
-        lps.extend(item.get("logprobs") or [])
-        last = item
-    reason = "length" if last.get("done_reason") == "length" else "stop"
+        text.append(item.response)
+        lps.extend(item.logprobs or [])
+        if item.done:
+            done_reason = item.done_reason
+            usage = usage_of(item.prompt_eval_count or 0, item.eval_count or 0, item.prompt_cache_count or 0)
+    reason = "length" if done_reason == "length" else "stop"
     body = completion_object(cid, created, model, "".join(text), reason, lps if want_lp else None)
-    body["usage"] = usage_of(last.get("prompt_eval_count", 0), last.get("eval_count", 0))
+    body["usage"] = usage
     return body
 
 
-async def completion_sse(items: Native, cid: str, created: int, model: str, want_lp: bool,
+async def completion_sse(items: GenerateEvents, cid: str, created: int, model: str, want_lp: bool,
                          include_usage: bool) -> AsyncIterator[bytes]:
     async for item in items:
         reason = None
-        if item.get("done"):
-            reason = "length" if item.get("done_reason") == "length" else "stop"
-        lps = item.get("logprobs") or [] if want_lp else None
-        if item.get("response") or reason or lps:
-            yield sse_data(completion_object(cid, created, model, item.get("response", ""), reason, lps))
-        if item.get("done") and include_usage:
-            usage = usage_of(item.get("prompt_eval_count", 0), item.get("eval_count", 0))
+        if item.done:
+            reason = "length" if item.done_reason == "length" else "stop"
+        lps = item.logprobs or [] if want_lp else None
+        if item.response or reason or lps:
+            yield sse_data(completion_object(cid, created, model, item.response, reason, lps))
+        if item.done and include_usage:
+            usage = usage_of(item.prompt_eval_count or 0, item.eval_count or 0, item.prompt_cache_count or 0)
             yield sse_data({"id": cid, "object": "text_completion", "created": created, "model": model,
                             "system_fingerprint": FINGERPRINT, "choices": [], "usage": usage})
     yield sse_data("[DONE]")

@@ -1,6 +1,7 @@
 """Native chunk streams -> OpenAI wire shapes: SSE framing, ids, chat chunks, merged `n` streams.
 
-Owns the conversion of the native chat chunk dicts produced by `corral.server.inference` into
+Owns the conversion of the typed native chat chunks (`ChatResponse`) produced by
+`corral.server.inference` into
 OpenAI chat-completion objects and `chat.completion.chunk`s (spec §1), the SSE encoding shared by
 the /v1 routes (including errors after the first byte), and the error body formatters registered
 for `/v1/*`. Holds no inference logic and knows nothing about request translation.
@@ -20,12 +21,13 @@ from typing import Any
 from fastapi.responses import StreamingResponse
 
 from corral.errors import CorralError
+from corral.schemas.native import ChatResponse, Logprob, TokenLogprob, ToolCall
 from corral.server.errors import unexpected_error
 from corral.server.framing import SSE, sse_data
 
 log = logging.getLogger(__name__)
 FINGERPRINT = "fp_ollama"
-Native = AsyncIterator[dict[str, Any]]
+Native = AsyncIterator[ChatResponse]
 
 
 def short_id(prefix: str) -> str:
@@ -53,7 +55,7 @@ async def sse_response(frames: AsyncIterator[bytes], on_error: Callable[[CorralE
 
 
 # Merging n streams ---------------------------------------------------------------------------
-async def merge_streams(streams: list[Native]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+async def merge_streams(streams: list[Native]) -> AsyncIterator[tuple[int, ChatResponse]]:
     """Interleave several native streams, tagging each chunk with its stream's index."""
     if len(streams) == 1:
         async for item in streams[0]:
@@ -88,23 +90,22 @@ async def merge_streams(streams: list[Native]) -> AsyncIterator[tuple[int, dict[
 
 
 # Chat conversion -----------------------------------------------------------------------------
-def _logprob(lp: dict[str, Any]) -> dict[str, Any]:
-    return {"token": lp.get("token", ""), "logprob": lp.get("logprob", 0.0), "bytes": lp.get("bytes")}
+def _logprob(lp: Logprob) -> dict[str, Any]:
+    return {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes}
 
 
-def openai_logprobs(items: list[dict[str, Any]]) -> dict[str, Any]:
+def openai_logprobs(items: list[TokenLogprob]) -> dict[str, Any]:
     """Native logprobs -> `{"content": [...]}`; OpenAI always carries `bytes` and `top_logprobs`."""
-    return {"content": [{**_logprob(lp), "top_logprobs": [_logprob(t) for t in lp.get("top_logprobs") or []]}
+    return {"content": [{**_logprob(lp), "top_logprobs": [_logprob(t) for t in lp.top_logprobs or []]}
                         for lp in items]}
 
 
-def openai_tool_calls(native: list[dict[str, Any]], start: int = 0) -> list[dict[str, Any]]:
+def openai_tool_calls(native: list[ToolCall], start: int = 0) -> list[dict[str, Any]]:
     out = []
     for i, tc in enumerate(native, start):
-        fn = tc.get("function", {})
-        out.append({"id": tc.get("id") or f"call_{random.getrandbits(40):010x}", "index": i, "type": "function",
-                    "function": {"name": fn.get("name", ""),
-                                 "arguments": json.dumps(fn.get("arguments", {}), ensure_ascii=False)}})
+        out.append({"id": tc.id or f"call_{random.getrandbits(40):010x}", "index": i, "type": "function",
+                    "function": {"name": tc.function.name,
+                                 "arguments": json.dumps(tc.function.arguments, ensure_ascii=False)}})
     return out
 
 
@@ -114,8 +115,11 @@ def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
     return "length" if done_reason == "length" else "stop"
 
 
-def usage_of(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage_of(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """OpenAI's `usage`; `prompt_tokens_details.cached_tokens` are the prompt tokens served from the
+    KV or prompt cache (the native `prompt_cache_count`, counted inside `prompt_tokens`)."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 @dataclass
@@ -124,25 +128,29 @@ class ChoiceState:
 
     content: list[str] = field(default_factory=list)
     thinking: list[str] = field(default_factory=list)
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     done_reason: str | None = None
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     started: bool = False
 
-    def absorb(self, chunk: dict[str, Any]) -> None:
-        msg = chunk.get("message", {})
-        if msg.get("content"):
-            self.content.append(msg["content"])
-        if msg.get("thinking"):
-            self.thinking.append(msg["thinking"])
-        self.tool_calls.extend(msg.get("tool_calls") or [])
-        self.logprobs.extend(chunk.get("logprobs") or [])
-        if chunk.get("done"):
-            self.done_reason = chunk.get("done_reason")
-            self.prompt_tokens = chunk.get("prompt_eval_count", 0) or 0
-            self.completion_tokens = chunk.get("eval_count", 0) or 0
+    def absorb(self, chunk: ChatResponse) -> None:
+        msg = chunk.message
+        if msg.content:
+            self.content.append(msg.content)
+        if msg.thinking:
+            self.thinking.append(msg.thinking)
+        if msg.tool_calls:
+            self.tool_calls.extend(msg.tool_calls)
+        if chunk.logprobs:
+            self.logprobs.extend(chunk.logprobs)
+        if chunk.done:
+            self.done_reason = chunk.done_reason
+            self.prompt_tokens = chunk.prompt_eval_count or 0
+            self.cached_tokens = chunk.prompt_cache_count or 0
+            self.completion_tokens = chunk.eval_count or 0
 
 
 def chat_choice(index: int, st: ChoiceState, want_logprobs: bool) -> dict[str, Any]:
@@ -167,7 +175,7 @@ async def chat_completion(streams: list[Native], model: str, *, want_logprobs: b
         "id": short_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
         "system_fingerprint": FINGERPRINT,
         "choices": [chat_choice(i, st, want_logprobs) for i, st in enumerate(states)],
-        "usage": usage_of(states[0].prompt_tokens, sum(s.completion_tokens for s in states)),
+        "usage": usage_of(states[0].prompt_tokens, sum(s.completion_tokens for s in states), states[0].cached_tokens),
     }
 
 
@@ -186,7 +194,7 @@ class ChatChunker:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "system_fingerprint": FINGERPRINT, "choices": choices, **extra}
 
-    def delta(self, index: int, delta: dict[str, Any], logprobs: list[dict[str, Any]] | None = None,
+    def delta(self, index: int, delta: dict[str, Any], logprobs: list[TokenLogprob] | None = None,
               reason: str | None = None) -> dict[str, Any]:
         st = self.states[index]
         if not st.started:
@@ -197,28 +205,29 @@ class ChatChunker:
             choice["logprobs"] = openai_logprobs(logprobs)
         return self.chunk([choice])
 
-    def convert(self, index: int, native: dict[str, Any]) -> list[dict[str, Any]]:
+    def convert(self, index: int, native: ChatResponse) -> list[dict[str, Any]]:
         st = self.states[index]
         before = len(st.tool_calls)
         st.absorb(native)
-        msg = native.get("message", {})
+        msg = native.message
         out: list[dict[str, Any]] = []
-        if msg.get("thinking"):
-            out.append(self.delta(index, {"reasoning": msg["thinking"]}))
-        lps = native.get("logprobs")
-        if msg.get("content"):
-            out.append(self.delta(index, {"content": msg["content"]}, lps or []))
+        if msg.thinking:
+            out.append(self.delta(index, {"reasoning": msg.thinking}))
+        lps = native.logprobs
+        if msg.content:
+            out.append(self.delta(index, {"content": msg.content}, lps or []))
         elif lps and self.want_logprobs:
             out.append(self.delta(index, {"content": ""}, lps))
         if len(st.tool_calls) > before:
             calls = openai_tool_calls(st.tool_calls[before:], before)
             out.append(self.delta(index, {"tool_calls": calls}))
-        if native.get("done"):
+        if native.done:
             out.append(self.delta(index, {}, reason=finish_reason(st.done_reason, bool(st.tool_calls))))
         return out
 
     def usage_chunk(self) -> dict[str, Any]:
-        usage = usage_of(self.states[0].prompt_tokens, sum(s.completion_tokens for s in self.states))
+        first = self.states[0]
+        usage = usage_of(first.prompt_tokens, sum(s.completion_tokens for s in self.states), first.cached_tokens)
         return self.chunk([], usage=usage)
 
 

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError, CorralError
-from corral.schemas.native import ChatRequest
+from corral.schemas.native import ChatRequest, ChatResponse, ToolCall
 from corral.schemas.openai import ResponsesRequest, log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.errors import responses_error
@@ -230,12 +230,12 @@ class ResponseBuilder:
                                   summary_index=0, delta=text))
         return out
 
-    def tool_call(self, call: dict[str, Any]) -> list[bytes]:
+    def tool_call(self, call: ToolCall) -> list[bytes]:
         out = self.close()
-        fn = call.get("function", {})
-        args = json.dumps(fn.get("arguments") or {}, ensure_ascii=False)
-        route = self.tools.route(fn.get("name", ""))
-        item = call_item(route, call.get("id") or new_id("call"), fn.get("arguments") or {}, new_id("fc"))
+        fn = call.function
+        args = json.dumps(fn.arguments or {}, ensure_ascii=False)
+        route = self.tools.route(fn.name)
+        item = call_item(route, call.id or new_id("call"), fn.arguments or {}, new_id("fc"))
         self.output.append(item)
         idx = len(self.output) - 1
         if item["type"] == "custom_tool_call":
@@ -253,27 +253,27 @@ class ResponseBuilder:
         out.append(self.event("response.output_item.done", output_index=idx, item=item))
         return out
 
-    def convert(self, chunk: dict[str, Any]) -> list[bytes]:
-        msg = chunk.get("message", {})
+    def convert(self, chunk: ChatResponse) -> list[bytes]:
+        msg = chunk.message
         out: list[bytes] = []
-        if msg.get("thinking"):
-            out += self.append("reasoning", msg["thinking"])
-        if msg.get("content"):
-            out += self.append("message", msg["content"])
-        for call in msg.get("tool_calls") or []:
+        if msg.thinking:
+            out += self.append("reasoning", msg.thinking)
+        if msg.content:
+            out += self.append("message", msg.content)
+        for call in msg.tool_calls or []:
             out += self.tool_call(call)
-        if chunk.get("done"):
+        if chunk.done:
             out += self.close()
             self.finish(chunk)
         return out
 
-    def finish(self, chunk: dict[str, Any]) -> None:
-        prompt, completion = chunk.get("prompt_eval_count", 0) or 0, chunk.get("eval_count", 0) or 0
+    def finish(self, chunk: ChatResponse) -> None:
+        prompt, completion = chunk.prompt_eval_count or 0, chunk.eval_count or 0
         self.usage = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion,
-                      "input_tokens_details": {"cached_tokens": chunk.get("prompt_cache_count", 0) or 0,
-                                                       "cache_write_tokens": 0},
+                      "input_tokens_details": {"cached_tokens": chunk.prompt_cache_count or 0,
+                                               "cache_write_tokens": 0},
                       "output_tokens_details": {"reasoning_tokens": 0}}
-        self.done_reason = chunk.get("done_reason")
+        self.done_reason = chunk.done_reason
 
     def final_status(self) -> str:
         return "incomplete" if self.done_reason == "length" else "completed"

@@ -26,7 +26,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -36,11 +37,11 @@ from starlette.websockets import WebSocketDisconnect
 
 from corral.auth.authenticator import ANONYMOUS, Principal
 from corral.errors import BadRequestError, CorralError, ForbiddenError, RequestCanceledError, UnauthorizedError
-from corral.schemas.native import ChatRequest, GenerateRequest
+from corral.schemas.native import ChatRequest, DebugResponse, GenerateRequest, WireModel
 from corral.server.bodycheck import check_json_text
 from corral.server.context import AppContext
 from corral.server.errors import native_error_body, ws_error_message
-from corral.server.inference import chat_events, collect_chat, collect_generate, generate_events
+from corral.server.inference import collect_chat, collect_generate, start_chat, start_generate
 from corral.server.metrics import current_key_id
 from corral.server.requestlog import log_access, new_request_id, request_id
 from corral.server.security import credential_of, header
@@ -49,9 +50,21 @@ router = APIRouter()
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 SCOPE = "infer"
-_KINDS: dict[str, tuple[type[BaseModel], Any, Any]] = {
-    "chat": (ChatRequest, chat_events, collect_chat),
-    "generate": (GenerateRequest, generate_events, collect_generate),
+Chunks = AsyncIterator[WireModel]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One request type: its body, the service function that starts it and the `stream: false` collector."""
+
+    schema: type[BaseModel]
+    start: Callable[[AppContext, Any], Awaitable[Chunks | DebugResponse]]
+    collect: Callable[[Any], Awaitable[WireModel]]
+
+
+_KINDS: dict[str, Kind] = {
+    "chat": Kind(ChatRequest, start_chat, collect_chat),
+    "generate": Kind(GenerateRequest, start_generate, collect_generate),
 }
 
 
@@ -71,6 +84,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 def _dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def _tagged(rid: Any, item: WireModel) -> str:
+    """A chunk as the socket sends it: the request id first, then the chunk's wire fields (its JSON
+    written by pydantic, as the NDJSON lines are, spliced after the id)."""
+    body = item.__pydantic_serializer__.to_json(item, exclude_none=True, by_alias=True).decode()
+    return '{"id":' + json.dumps(rid, ensure_ascii=False) + ("," + body[1:] if body != "{}" else "}")
 
 
 class Session:
@@ -221,7 +241,7 @@ class Session:
         rid = self._id(data)
         if rid in self.tasks:
             raise BadRequestError(f"a request with id {rid!r} is already running")
-        schema, _, _ = _KINDS[kind]
+        schema = _KINDS[kind].schema
         try:
             if self.limiter.enabled:
                 self.limiter.check(self.rate_key)
@@ -239,16 +259,20 @@ class Session:
 
     # one request ---------------------------------------------------------------------------------
     async def _serve(self, kind: str, rid: Any, request: Any) -> None:
-        _, events, collect = _KINDS[kind]
+        spec = _KINDS[kind]
         token = current_key_id.set(self.rate_key)
-        items: AsyncIterator[dict[str, Any]] | None = None
+        items: Chunks | None = None
         try:
-            items = await events(self.ctx, request)
+            started = await spec.start(self.ctx, request)
+            if isinstance(started, DebugResponse):
+                await self._send(_tagged(rid, started))
+                return
+            items = started
             if request.stream is False:
-                await self._send({"id": rid, **await collect(items)})
+                await self._send(_tagged(rid, await spec.collect(items)))
             else:
                 async for item in items:
-                    await self._send({"id": rid, **item})
+                    await self._send(_tagged(rid, item))
         except asyncio.CancelledError:
             await _aclose(items)  # free the runner sequence before saying so
             items = None
@@ -271,13 +295,14 @@ class Session:
         with contextlib.suppress(_Gone):
             await self._send(payload)
 
-    async def _send(self, payload: dict[str, Any]) -> None:
-        """Send one message; a client that reads nothing for the idle timeout is disconnected."""
+    async def _send(self, payload: dict[str, Any] | str) -> None:
+        """Send one message (an object, or its JSON text); a client that reads nothing for the idle
+        timeout is disconnected."""
         if self.closed:
             raise _Gone()
         try:
             async with self.send_lock, asyncio.timeout(self.idle_timeout):
-                await self.ws.send_text(_dumps(payload))
+                await self.ws.send_text(payload if isinstance(payload, str) else _dumps(payload))
         except TimeoutError:
             log.warning("websocket client read nothing for %.0fs; closing", self.idle_timeout)
             await self._close(POLICY_VIOLATION)

@@ -12,6 +12,7 @@ from corral.schemas.openai import ChatCompletionRequest
 from corral.server.openai import to_chat_request
 from corral.server.openai_stream import ChatChunker
 from tests.appenv import Env, run, sdk, sse_data
+from tests.native_chunks import chat_chunk
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -177,16 +178,17 @@ def test_unknown_fields_are_accepted_and_logged(env: Env, caplog: pytest.LogCapt
 
 def test_chunker_tool_calls_reasoning_and_logprobs() -> None:
     ck = ChatChunker("m", 1, include_usage=False, want_logprobs=True)
-    first = ck.convert(0, {"message": {"role": "assistant", "content": "", "thinking": "think"}, "done": False})
+    first = ck.convert(0, chat_chunk({"message": {"content": "", "thinking": "think"}, "done": False}))
     assert first[0]["choices"][0]["delta"] == {"role": "assistant", "reasoning": "think"}
     lp = [{"token": "A", "logprob": -0.1, "bytes": [65]}]
-    text = ck.convert(0, {"message": {"content": "A"}, "logprobs": lp, "done": False})
+    text = ck.convert(0, chat_chunk({"message": {"content": "A"}, "logprobs": lp, "done": False}))
     assert text[0]["choices"][0]["logprobs"] == {"content": [{**lp[0], "top_logprobs": []}]}
-    bare = ck.convert(0, {"message": {"content": "B"}, "logprobs": [{"token": "B", "logprob": -1.0}], "done": False})
+    bare = ck.convert(0, chat_chunk({"message": {"content": "B"}, "logprobs": [{"token": "B", "logprob": -1.0}],
+                                     "done": False}))
     assert bare[0]["choices"][0]["logprobs"]["content"][0]["bytes"] is None
     call = {"id": "call_x", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}
-    last = ck.convert(0, {"message": {"content": "", "tool_calls": [call]}, "done": True, "done_reason": "stop",
-                          "prompt_eval_count": 4, "eval_count": 2})
+    last = ck.convert(0, chat_chunk({"message": {"content": "", "tool_calls": [call]}, "done": True,
+                                     "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}))
     assert last[0]["choices"][0]["delta"]["tool_calls"] == [
         {"id": "call_x", "index": 0, "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]
     assert last[-1]["choices"][0]["finish_reason"] == "tool_calls" and last[-1]["choices"][0]["delta"] == {}

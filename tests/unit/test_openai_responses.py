@@ -18,6 +18,7 @@ from corral.schemas.openai import ResponsesRequest
 from corral.server import anthropic as anth
 from corral.server import responses as resp
 from tests.appenv import BASE, Env, run, sse_events
+from tests.native_chunks import chat_chunk
 
 CALL = {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
 
@@ -73,9 +74,9 @@ def test_responses_stream_event_sequence(env: Env) -> None:
 
 def test_responses_tool_calls_and_reasoning_events() -> None:
     rb = resp.ResponseBuilder(ResponsesRequest(model="m", input="x"))
-    frames = rb.convert({"message": {"thinking": "hmm", "content": ""}, "done": False})
-    frames += rb.convert({"message": {"content": "", "tool_calls": [CALL]}, "done": True, "done_reason": "stop",
-                          "prompt_eval_count": 3, "eval_count": 5})
+    frames = rb.convert(chat_chunk({"message": {"thinking": "hmm", "content": ""}, "done": False}))
+    frames += rb.convert(chat_chunk({"message": {"content": "", "tool_calls": [CALL]}, "done": True,
+                                     "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 5}))
     events = sse_events(b"".join(frames).decode())
     kinds = [k for k, _ in events]
     assert "response.reasoning_summary_text.delta" in kinds
@@ -160,9 +161,9 @@ def test_messages_stream_event_sequence(env: Env) -> None:
 
 def test_messages_tool_use_events_and_collect() -> None:
     events = anth.EventStream("msg_1", "m")
-    frames = events.convert({"message": {"content": "Let me check."}, "done": False})
-    frames += events.convert({"message": {"content": "", "tool_calls": [CALL]}, "done": True, "done_reason": "stop",
-                              "prompt_eval_count": 3, "eval_count": 4})
+    frames = events.convert(chat_chunk({"message": {"content": "Let me check."}, "done": False}))
+    frames += events.convert(chat_chunk({"message": {"content": "", "tool_calls": [CALL]}, "done": True,
+                                         "done_reason": "stop", "prompt_eval_count": 3, "eval_count": 4}))
     parsed = sse_events(b"".join(frames).decode())
     starts = [d["content_block"]["type"] for k, d in parsed if k == "content_block_start"]
     assert starts == ["text", "tool_use"]
@@ -172,7 +173,7 @@ def test_messages_tool_use_events_and_collect() -> None:
     assert json_delta["delta"]["partial_json"] == '{"city": "Paris"}' and json_delta["index"] == 1
 
     async def chunks() -> Any:
-        yield {"message": {"content": "", "tool_calls": [CALL]}, "done": True, "done_reason": "stop"}
+        yield chat_chunk({"message": {"content": "", "tool_calls": [CALL]}, "done": True, "done_reason": "stop"})
     body = asyncio.run(anth.collect("msg_1", "m", chunks()))
     assert body["content"] == [{"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}]
     assert body["stop_reason"] == "tool_use"

@@ -18,6 +18,7 @@ from corral.schemas.openai import ResponsesRequest
 from corral.server import responses as resp
 from corral.server.responses_tools import IGNORED_TOOLS_KEY, flat_name, plan_tools
 from tests.appenv import BASE, Env, make_model, sse_events
+from tests.native_chunks import chat_chunk
 
 FN = {"type": "function", "name": "shell", "description": "run a command",
       "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}
@@ -58,8 +59,8 @@ def test_namespaced_call_goes_back_with_namespace_and_name() -> None:
     rb = resp.ResponseBuilder(ResponsesRequest(model="m", input="x", tools=CODEX_TOOLS))
     call = {"id": "call_9", "function": {"name": "mcp__node_repl__js", "arguments": {"code": "1+1"}}}
     patch = {"id": "call_10", "function": {"name": "apply_patch", "arguments": {"input": "*** Begin Patch"}}}
-    frames = rb.convert({"message": {"content": "", "tool_calls": [call, patch]}, "done": True,
-                         "done_reason": "stop"})
+    frames = rb.convert(chat_chunk({"message": {"content": "", "tool_calls": [call, patch]}, "done": True,
+                         "done_reason": "stop"}))
     body = rb.response(rb.final_status())
     fc, custom = body["output"]
     assert fc["type"] == "function_call" and fc["name"] == "js" and fc["namespace"] == "mcp__node_repl"
