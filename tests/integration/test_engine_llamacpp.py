@@ -202,7 +202,7 @@ def test_a_stopped_request_keeps_its_kv_for_the_regenerate(aloop: Loop, runner: 
 
     aloop.run(stop_after_three_chunks())
     text, last = aloop.run(collect(runner, prompt, temperature=0, num_predict=4))
-    assert last.metrics is not None and last.metrics.prompt_eval_count > 80 and text
+    assert last.metrics is not None and last.metrics.prompt_eval_count > 60 and text
     assert last.metrics.prompt_cache_count == last.metrics.prompt_eval_count - 1
 
 
