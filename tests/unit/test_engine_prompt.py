@@ -90,7 +90,9 @@ def test_empty_prompt_is_only_the_specials() -> None:
 @pytest.mark.parametrize("where", ["context", "prompt_tokens"])
 def test_bad_ids_are_400_naming_the_id(bad: Any, where: str) -> None:
     ids: list[Any] = [5, bad]
-    params = GenerateParams(prompt="", context=ids) if where == "context" else GenerateParams(prompt="", prompt_tokens=ids)
+    params = GenerateParams(prompt="", context=ids)
+    if where == "prompt_tokens":
+        params = GenerateParams(prompt="", prompt_tokens=ids)
     with pytest.raises(BadRequestError) as err:
         prompt_ids(WordVocab(n_vocab=1000), params)
     assert err.value.status == 400
