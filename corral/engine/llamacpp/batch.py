@@ -26,7 +26,7 @@ from corral.errors import BadRequestError, CorralError
 from . import media as md
 from . import slots as sl
 from .detok import StopMatcher, Utf8Assembler
-from .loopio import Call, Cancel, Emit, Event, Failure, Generate, Message, Out, Reply, Stop
+from .loopio import Call, Cancel, Emit, Event, Failure, Generate, Message, Out, Reply, Stop, Wake
 from .loopmodel import LoopModel
 from .lora import LoraScales
 from .prompt import prompt_ids
@@ -110,6 +110,8 @@ class BatchLoop:
         self.dispatch: Callable[[list[Out]], None] | None = None
         self.on_stopped: Callable[[], None] | None = None  # called on the loop thread after the last flush
         self._out: list[Out] = []
+        if cache is not None:
+            cache.wake = lambda: self.inbox.put(Wake())  # a prompt-cache disk read ended
 
     # --- thread-safe entry points ----------------------------------------------------------
     def submit(self, msg: Message) -> None:
@@ -117,7 +119,9 @@ class BatchLoop:
 
     def run(self) -> None:
         while self.running:
-            self.turn(block=not self.active and not self.waiting)
+            # nothing running: whatever still waits, waits for a disk read whose end posts Wake()
+            idle = not self.active and (not self.waiting or (self.cache is not None and self.cache.reading()))
+            self.turn(block=idle)
         if self.on_stopped is not None:
             self.on_stopped()
 
@@ -229,6 +233,9 @@ class BatchLoop:
         while self.waiting:
             rid, params, emit, tokens = self.waiting.popleft()
             idle = not all(s.busy for s in self.slots)  # no prompt-cache lookup while none can be seated
+            if idle and self.cache is not None and self.cache.pending(tokens, self.slots):
+                deferred.append((rid, params, emit, tokens))  # its cached state is being read from disk
+                continue
             stored = self.cache.best(tokens) if self.cache is not None and idle else 0
             plan = sl.plan_slot(self.slots, tokens, SHARE_MIN_TOKENS, stored)
             if plan is None:

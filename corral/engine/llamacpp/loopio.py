@@ -1,6 +1,6 @@
 """The batching loop's messages in (its inbox) and events out (what it hands to `emit` callbacks).
 
-In: `Generate`, `Cancel`, `Call`, `Stop`, given to `BatchLoop.submit` from any thread. Out: engine
+In: `Generate`, `Cancel`, `Call`, `Stop`, `Wake`, given to `BatchLoop.submit` from any thread. Out: engine
 values, never wire dicts: a generation's `emit` gets `Chunk`s (text and logprobs; the last one
 done, with its reason and metrics) or one `Failure`; a `Call`'s `emit` gets the function's result
 or a `Failure`. The runner (runner.py) turns them into protocol lines. Pure data, no I/O.
@@ -58,4 +58,9 @@ class Stop:
     """End every sequence with an error event, then leave `run()`."""
 
 
-Message = Generate | Cancel | Call | Stop
+@dataclass(frozen=True)
+class Wake:
+    """Nothing to do: an idle loop looks at its waiting prompts again (a prompt-cache disk read ended)."""
+
+
+Message = Generate | Cancel | Call | Stop | Wake
