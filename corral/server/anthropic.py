@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError
 from corral.schemas.anthropic import AnthropicMessage, MessagesRequest
-from corral.schemas.native import ChatRequest, ChatResponse, ToolCall
+from corral.schemas.native import ChatRequest, ChatResponse, Message, ToolCall, ToolCallFunction
 from corral.schemas.openai import log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.errors import anthropic_stream_error
@@ -55,7 +55,7 @@ def image_block(block: dict[str, Any]) -> str:
     return data
 
 
-def tool_result(block: dict[str, Any]) -> dict[str, Any]:
+def tool_result(block: dict[str, Any]) -> Message:
     content = block.get("content")
     text, images = "", []
     if isinstance(content, str):
@@ -68,18 +68,15 @@ def tool_result(block: dict[str, Any]) -> dict[str, Any]:
             elif isinstance(item, dict) and item.get("type") == "image":
                 images.append(image_block(item))
         text = "".join(parts)
-    msg: dict[str, Any] = {"role": "tool", "content": text, "tool_call_id": block.get("tool_use_id")}
-    if images:
-        msg["images"] = images
-    return msg
+    return Message(role="tool", content=text, tool_call_id=block.get("tool_use_id"), images=images or None)
 
 
-def convert_message(msg: AnthropicMessage) -> list[dict[str, Any]]:
+def convert_message(msg: AnthropicMessage) -> list[Message]:
     role = msg.role.lower()
     text: list[str] = []
     images: list[str] = []
-    calls: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
+    calls: list[ToolCall] = []
+    results: list[Message] = []
     thinking = ""
     for block in msg.blocks():
         kind = block.get("type")
@@ -91,19 +88,16 @@ def convert_message(msg: AnthropicMessage) -> list[dict[str, Any]]:
             for key in ("id", "name"):
                 if not block.get(key):
                     raise BadRequestError(f"tool_use block missing required '{key}' field")
-            fn = {"name": block["name"], "arguments": block.get("input") or {}}
-            calls.append({"id": block["id"], "function": fn})
+            fn = ToolCallFunction(name=block["name"], arguments=block.get("input") or {})
+            calls.append(ToolCall(id=block["id"], function=fn))
         elif kind == "tool_result":
             results.append(tool_result(block))
         elif kind == "thinking":
             thinking = str(block.get("thinking") or "")
-    out: list[dict[str, Any]] = results if role == "user" else []
+    out: list[Message] = results if role == "user" else []
     if text or images or calls or thinking:
-        m: dict[str, Any] = {"role": role, "content": "".join(text)}
-        for key, value in (("images", images), ("tool_calls", calls), ("thinking", thinking)):
-            if value:
-                m[key] = value
-        out.append(m)
+        out.append(Message(role=role, content="".join(text), images=images or None, tool_calls=calls or None,
+                           thinking=thinking or None))
     if role != "user":
         out.extend(results)
     return out
@@ -133,10 +127,10 @@ def native_tool_choice(choice: dict[str, Any] | None) -> Any:
 
 
 def to_chat_request(req: MessagesRequest) -> ChatRequest:
-    messages: list[dict[str, Any]] = []
+    messages: list[Message] = []
     sys = system_text(req.system)
     if sys:
-        messages.append({"role": "system", "content": sys})
+        messages.append(Message(role="system", content=sys))
     for m in req.messages:
         messages.extend(convert_message(m))
     options: dict[str, Any] = {"num_predict": req.max_tokens}

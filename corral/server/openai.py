@@ -24,7 +24,16 @@ from starlette.concurrency import run_in_threadpool
 
 from corral.errors import BadRequestError, ModelNotFoundError
 from corral.names import ModelName
-from corral.schemas.native import ChatRequest, DebugResponse, EmbedRequest, GenerateRequest, Message, TokenLogprob
+from corral.schemas.native import (
+    ChatRequest,
+    DebugResponse,
+    EmbedRequest,
+    GenerateRequest,
+    Message,
+    TokenLogprob,
+    ToolCall,
+    ToolCallFunction,
+)
 from corral.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage,
@@ -134,7 +143,7 @@ def content_parts(content: Any) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def native_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def native_tool_calls(calls: list[dict[str, Any]]) -> list[ToolCall]:
     import json
 
     out = []
@@ -145,7 +154,7 @@ def native_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
             parsed = json.loads(args) if isinstance(args, str) else args
         except ValueError:
             raise BadRequestError(f"invalid tool call arguments: {args}") from None
-        out.append({"id": call.get("id"), "function": {"name": fn.get("name", ""), "arguments": parsed}})
+        out.append(ToolCall(id=call.get("id"), function=ToolCallFunction(name=fn.get("name", ""), arguments=parsed)))
     return out
 
 
@@ -156,22 +165,14 @@ def native_messages(messages: list[ChatMessage]) -> list[Message]:
     out: list[Message] = []
     for m in messages:
         text, images = content_parts(m.content)
+        calls = native_tool_calls(m.tool_calls) if m.tool_calls else None
+        names.update({c.id: c.function.name for c in calls or [] if c.id})
+        tool = m.role == "tool"
         # OpenAI's newer "developer" role is the system prompt for every template we render
-        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": text}
-        if images:
-            msg["images"] = images
-        thinking = m.reasoning or m.reasoning_content
-        if thinking:
-            msg["thinking"] = thinking
-        if m.tool_calls:
-            msg["tool_calls"] = native_tool_calls(m.tool_calls)
-            names.update({c["id"]: c["function"]["name"] for c in msg["tool_calls"] if c.get("id")})
-        if m.role == "tool":
-            msg["tool_call_id"] = m.tool_call_id
-            tool_name = m.name or names.get(m.tool_call_id or "")
-            if tool_name:
-                msg["tool_name"] = tool_name
-        out.append(Message.model_validate(msg))
+        out.append(Message(role="system" if m.role == "developer" else m.role, content=text, images=images or None,
+                           thinking=m.reasoning or m.reasoning_content or None, tool_calls=calls,
+                           tool_call_id=m.tool_call_id if tool else None,
+                           tool_name=(m.name or names.get(m.tool_call_id or "") or None) if tool else None))
     return out
 
 
@@ -196,7 +197,7 @@ def to_chat_request(req: ChatCompletionRequest) -> ChatRequest:
     top = req.top_logprobs or 0
     return ChatRequest.model_validate({
         "model": req.model,
-        "messages": [m.model_dump(exclude_none=True) for m in native_messages(req.messages)],
+        "messages": native_messages(req.messages),
         "stream": True,
         "format": response_format(req.response_format),
         "tools": req.tools,

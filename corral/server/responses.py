@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from corral.errors import BadRequestError, CorralError
-from corral.schemas.native import ChatRequest, ChatResponse, ToolCall
+from corral.schemas.native import ChatRequest, ChatResponse, Message, ToolCall, ToolCallFunction
 from corral.schemas.openai import ResponsesRequest, log_ignored_fields
 from corral.server.context import Ctx
 from corral.server.errors import responses_error
@@ -68,34 +68,36 @@ def call_arguments(text: Any) -> Any:
         raise BadRequestError(f"invalid function_call arguments: {text}") from None
 
 
-def input_messages(value: Any) -> list[dict[str, Any]]:
+def input_messages(value: Any) -> list[Message]:
     if isinstance(value, str):
-        return [{"role": "user", "content": value}]
+        return [Message(role="user", content=value)]
     if not isinstance(value, list):
         raise BadRequestError("input must be a string or a list of items")
-    out: list[dict[str, Any]] = []
+    out: list[Message] = []
+    last_role: Any = None  # the role of out[-1] as the input spelled it
     thinking = ""
     for item in value:
         kind = item.get("type", "message") if isinstance(item, dict) else None
         if kind == "message":
             text, images = item_content(item.get("content"))
-            msg: dict[str, Any] = {"role": item.get("role", "user"), "content": text}
-            if images:
-                msg["images"] = images
-            if thinking and msg["role"] == "assistant":
-                msg["thinking"], thinking = thinking, ""
+            last_role = item.get("role", "user")
+            msg = Message(role=last_role, content=text, images=images or None)
+            if thinking and last_role == "assistant":
+                msg.thinking, thinking = thinking, ""
             out.append(msg)
         elif kind in ("function_call", "custom_tool_call"):
             args = call_arguments(item.get("arguments")) if kind == "function_call" else {"input": item.get("input")}
             name = flat_name(item.get("namespace"), item.get("name", ""))
-            call = {"id": item.get("call_id"), "function": {"name": name, "arguments": args}}
-            if not out or out[-1]["role"] != "assistant":
-                out.append({"role": "assistant", "content": ""})
-            out[-1].setdefault("tool_calls", []).append(call)
+            call = ToolCall(id=item.get("call_id"), function=ToolCallFunction(name=name, arguments=args))
+            if not out or last_role != "assistant":
+                out.append(Message(role="assistant"))
+                last_role = "assistant"
+            out[-1].tool_calls = [*(out[-1].tool_calls or []), call]
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                        "content": output if isinstance(output, str) else json.dumps(output)})
+            last_role = "tool"
+            out.append(Message(role="tool", tool_call_id=item.get("call_id"),
+                               content=output if isinstance(output, str) else json.dumps(output)))
         elif kind == "reasoning":
             thinking = "".join(s.get("text", "") for s in item.get("summary") or [])
         else:
@@ -124,7 +126,7 @@ def to_chat_request(req: ResponsesRequest) -> ChatRequest:
                               "is stateless, send the whole conversation in 'input'")
     messages = input_messages(req.input)
     if req.instructions:
-        messages.insert(0, {"role": "system", "content": req.instructions})
+        messages.insert(0, Message(role="system", content=req.instructions))
     options = extra_options(req.extras())
     for key, value in (("temperature", req.temperature), ("top_p", req.top_p),
                        ("num_predict", req.max_output_tokens)):
