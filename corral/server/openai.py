@@ -1,7 +1,7 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models.
 
 Each handler translates the OpenAI request into a native request, calls the native service
-function (`chat_events`, `generate_events`, `embed_response`) and converts the result back (spec
+function (`start_chat`, `generate_events`, `embed_response`) and converts the typed result back (spec
 §1 "OpenAI compatibility"); no inference logic lives here. Beyond Ollama: `n` > 1 (n native
 streams run concurrently, so they batch in the runner), `tool_choice`, and a per-request context
 size (`num_ctx` as an extra body field or inside an extra `options` object).

@@ -10,8 +10,9 @@ Protocol (JSON text messages; README "WebSocket streaming"):
     ← {"type": "error", "error": "...", "status": 400}   a message that could not be used
     → {"type": "ping"}  ← {"type": "pong"}
 
-The requests run through the same service functions as the HTTP routes (`chat_events`,
-`generate_events`), so validation, the queue bound, metrics and token accounting are shared.
+The requests run through the same service functions as the HTTP routes (`start_chat`,
+`start_generate`: typed chunks, or the rendered prompt for `_debug_render_only`), so validation,
+the queue bound, metrics and token accounting are shared.
 The security middleware only sees HTTP, so this module applies the same gates itself: the
 DNS-rebinding host check and the CORS origin check (a browser page may open a socket to any
 origin), the credential (`Authorization`/`x-api-key` header, or the first message), the `infer`
