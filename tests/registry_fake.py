@@ -70,7 +70,8 @@ class FakeRegistry:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: shutdown() waits for the serving loop's next poll (0.5 s by default, per test)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     def __enter__(self) -> FakeRegistry:
         self._thread.start()

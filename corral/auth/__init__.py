@@ -1,7 +1,7 @@
 """Authentication and authorization: API keys, JWT bearer tokens, scopes.
 
 Owns who a credential belongs to and what it may do. Does not own HTTP: the server's security
-middleware (`corral.server.security`) extracts credentials and writes errors. Imports only
+middleware (`corral.server.ops.security`) extracts credentials and writes errors. Imports only
 config, errors and names.
 """
 

@@ -18,7 +18,6 @@ import uvicorn
 from fastapi import FastAPI
 
 from corral.auth.authenticator import auth_configured
-from corral.cli.listener import deadline_protocol
 from corral.config import Settings
 from corral.engine.base import Engine
 from corral.engine.fake import ScriptedEngine
@@ -32,7 +31,8 @@ from corral.registry.auth import KEY_NAME, KeyPair, ensure_keypair
 from corral.scheduler import SHUTDOWN_GRACE, Scheduler
 from corral.server.app import create_app
 from corral.server.context import Services
-from corral.server.requestlog import JsonFormatter, RequestIdFilter
+from corral.server.ops.listener import deadline_protocol
+from corral.server.ops.requestlog import JsonFormatter, RequestIdFilter
 from corral.store.store import Store
 
 log = logging.getLogger("corral")

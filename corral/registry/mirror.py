@@ -1,6 +1,6 @@
 """The upstream a pull-through mirror stands in for (`CORRAL_REGISTRY_MIRROR_OF`): manifests from the
 store or the upstream, background pulls that fill the store, shared blob downloads. The HTTP side
-(the mirror's `/v2` routes, streaming while downloading) is `corral.server.mirror`."""
+(the mirror's `/v2` routes, streaming while downloading) is `corral.server.ops.mirror`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Request types of the Anthropic-compatible Messages API (`/v1/messages`, spec §1).
 
 Content may be a plain string or a list of blocks (text, image, tool_use, tool_result, thinking);
-blocks stay dicts and are translated by `corral.server.anthropic`. Unknown fields are accepted
+blocks stay dicts and are translated by `corral.server.compat.anthropic`. Unknown fields are accepted
 and logged by the route, never rejected.
 """
 

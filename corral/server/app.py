@@ -19,14 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral import __version__
 from corral.config import Settings
 from corral.scheduler import Scheduler
-from corral.server.allowlist import install_allowlist
-from corral.server.bodycheck import JSONBodyCheck
 from corral.server.context import AppContext, Services
 from corral.server.errors import install_error_handlers
-from corral.server.management import router as management_router
-from corral.server.ready import router as ready_router
-from corral.server.registry_api import install_registry
-from corral.server.security import install_security
+from corral.server.native.management import router as management_router
+from corral.server.ops.allowlist import install_allowlist
+from corral.server.ops.bodycheck import JSONBodyCheck
+from corral.server.ops.ready import router as ready_router
+from corral.server.ops.registry_api import install_registry
+from corral.server.ops.security import install_security
 from corral.server.ui import router as ui_router
 from corral.store.store import Store
 
@@ -91,25 +91,25 @@ def create_app(
     install_registry(app, ctx)
     if ctx.scheduler is not None:
         ctx.scheduler.on_runner_died = ctx.services.metrics.count_runner_restart
-        from corral.server.embeddings import router as embeddings_router
-        from corral.server.inference import router as inference_router
+        from corral.server.native.embeddings import router as embeddings_router
+        from corral.server.native.inference import router as inference_router
 
         app.include_router(inference_router)
         app.include_router(embeddings_router)
-        from corral.server.ps import router as ps_router
+        from corral.server.native.ps import router as ps_router
 
         app.include_router(ps_router)
-        from corral.server.rerank import router as rerank_router
-        from corral.server.tokenize import router as tokenize_router
+        from corral.server.native.rerank import router as rerank_router
+        from corral.server.native.tokenize import router as tokenize_router
 
         app.include_router(rerank_router)
         app.include_router(tokenize_router)
-        from corral.server.ws import router as ws_router
+        from corral.server.native.ws import router as ws_router
 
         app.include_router(ws_router)
-        from corral.server.anthropic import router as anthropic_router
-        from corral.server.openai import router as openai_router
-        from corral.server.responses import router as responses_router
+        from corral.server.compat.anthropic import router as anthropic_router
+        from corral.server.compat.openai import router as openai_router
+        from corral.server.compat.responses import router as responses_router
 
         app.include_router(openai_router)
         app.include_router(responses_router)

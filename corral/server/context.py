@@ -26,10 +26,10 @@ from corral.names import ModelName
 from corral.registry.auth import KeyPair
 from corral.registry.mirror import PullThrough
 from corral.schemas.native import ProgressResponse
-from corral.server.cors import CorsPolicy, HostPolicy
-from corral.server.limits import RateLimiter
-from corral.server.metrics import ServerMetrics, current_key_id
-from corral.server.uploads import UploadSessions
+from corral.server.native.uploads import UploadSessions
+from corral.server.ops.cors import CorsPolicy, HostPolicy
+from corral.server.ops.limits import RateLimiter
+from corral.server.ops.metrics import ServerMetrics, current_key_id
 from corral.store.store import Store
 
 if TYPE_CHECKING:

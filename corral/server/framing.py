@@ -1,7 +1,7 @@
 """Wire framing shared by every stream: NDJSON lines and server-sent events.
 
 The lowest layer of the server's streaming code: `corral.server.errors` writes its stream error
-frames with it, and `corral.server.stream` / `corral.server.openai_stream` their chunks.
+frames with it, and `corral.server.stream` / `corral.server.compat.openai_stream` their chunks.
 """
 
 from __future__ import annotations

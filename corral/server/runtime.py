@@ -31,8 +31,8 @@ from corral.scheduler import ModelRef, Scheduler
 from corral.schemas.native import Message, Tool
 from corral.schemas.options import ResolvedOptions
 from corral.server.context import AppContext
-from corral.server.modelinfo import capabilities, gguf_info, model_details
-from corral.server.truncate import Fitted, fit_chat
+from corral.server.native.modelinfo import capabilities, gguf_info, model_details
+from corral.server.native.truncate import Fitted, fit_chat
 from corral.store.store import Model as StoredModel
 from corral.template.jinja import render_jinja
 from corral.template.prompt import render_chat
@@ -204,7 +204,7 @@ async def fit_messages(
     runner: Runner, job: Job, messages: list[Message], render: Any, *, tools: int = 0
 ) -> Fitted:
     """Drop the oldest non-system messages until the prompt fits num_ctx (spec: chatPrompt), in
-    linear time (`corral.server.truncate`); the last message and system messages are always kept.
+    linear time (`corral.server.native.truncate`); the last message and system messages are always kept.
     The prompt comes back with its ids when the fit tokenized it (they run as they are: counted once).
 
     A prompt that still does not fit is cut by the runner, unless it declares `tools`: cutting

@@ -13,8 +13,8 @@ from corral.auth.keys import KEYS_FILE, KeyStore
 from corral.config import Settings
 from corral.engine.fake import ScriptedEngine
 from corral.scheduler import Scheduler
-from corral.server.allowlist import AllowPolicy
 from corral.server.app import create_app
+from corral.server.ops.allowlist import AllowPolicy
 from corral.store.store import Store
 
 

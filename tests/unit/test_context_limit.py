@@ -132,7 +132,7 @@ def test_without_tools_the_runner_still_truncates(app: App) -> None:
 
 
 def test_slow_first_token_streams_pings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from corral.server import anthropic as anth
+    from corral.server.compat import anthropic as anth
 
     monkeypatch.setattr(anth, "FIRST_CHUNK_WAIT", 0.05)
     monkeypatch.setattr(anth, "PING_EVERY", 0.05)
@@ -155,7 +155,7 @@ def test_anthropic_sdk_reads_a_stream_with_pings(tmp_path: Path, monkeypatch: py
     import anthropic
     import httpx2
 
-    from corral.server import anthropic as anth
+    from corral.server.compat import anthropic as anth
 
     monkeypatch.setattr(anth, "FIRST_CHUNK_WAIT", 0.05)
     monkeypatch.setattr(anth, "PING_EVERY", 0.05)

@@ -18,8 +18,8 @@ from corral.schemas.native import (
     GenerateResponse,
     ProcessResponse,
 )
-from corral.server.embeddings import embed_response
-from corral.server.inference import token_logprobs
+from corral.server.native.embeddings import embed_response
+from corral.server.native.inference import token_logprobs
 from tests.appenv import Env, lines, run
 
 

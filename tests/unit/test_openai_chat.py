@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from corral.schemas.openai import ChatCompletionRequest
-from corral.server.openai import to_chat_request
-from corral.server.openai_stream import ChatChunker
+from corral.server.compat.openai import to_chat_request
+from corral.server.compat.openai_stream import ChatChunker
 from tests.appenv import Env, run, sdk, sse_data
 from tests.native_chunks import chat_chunk
 

@@ -107,9 +107,9 @@ def test_models_list_and_retrieve(env: Env, tmp_path: Path) -> None:
 
 def test_error_after_first_byte_is_an_sse_error_frame() -> None:
     from corral.errors import CorralError, ServerBusyError
+    from corral.server.compat.openai_stream import sse_response
     from corral.server.errors import openai_stream_error
     from corral.server.framing import sse_data as frame
-    from corral.server.openai_stream import sse_response
 
     async def frames() -> Any:
         yield frame({"ok": 1})

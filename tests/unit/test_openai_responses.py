@@ -15,8 +15,8 @@ import pytest
 
 from corral.schemas.anthropic import MessagesRequest
 from corral.schemas.openai import ResponsesRequest
-from corral.server import anthropic as anth
-from corral.server import responses as resp
+from corral.server.compat import anthropic as anth
+from corral.server.compat import responses as resp
 from tests.appenv import BASE, Env, run, sse_events
 from tests.native_chunks import chat_chunk
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from corral.engine.base import LoadSpec
 from corral.engine.llamacpp import LlamaCppEngine
-from corral.server.metrics import ServerMetrics
+from corral.server.ops.metrics import ServerMetrics
 from tests.support import smollm2_path
 
 

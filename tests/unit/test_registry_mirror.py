@@ -21,7 +21,7 @@ from corral.names import ModelName
 from corral.registry.client import RegistryOptions, RetryPolicy, mirrors_from
 from corral.registry.pull import pull_model
 from corral.server.app import create_app
-from corral.server.mirror import parse_range
+from corral.server.ops.mirror import parse_range
 from corral.store.store import Store
 from tests.registry_fake import FakeRegistry, digest_of
 from tests.support import free_port

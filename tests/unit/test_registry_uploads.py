@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from corral.config import Settings
 from corral.server.app import create_app
-from corral.server.uploads import UploadSessions
+from corral.server.native.uploads import UploadSessions
 from corral.store.blobs import TEMP_PREFIX
 from corral.store.store import Store
 from tests.diskfull import fill_disk

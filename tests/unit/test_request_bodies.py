@@ -1,5 +1,5 @@
 """Request bodies no route can use (unpaired UTF-16 surrogates, nesting past the limit) are 400s in
-each API family's error format, decided once before routing (`corral.server.bodycheck`)."""
+each API family's error format, decided once before routing (`corral.server.ops.bodycheck`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from corral.errors import BadRequestError
-from corral.server.bodycheck import MAX_JSON_DEPTH, check_json_body, nesting_depth, unpaired_surrogate
+from corral.server.ops.bodycheck import MAX_JSON_DEPTH, check_json_body, nesting_depth, unpaired_surrogate
 from tests.appenv import Env, run
 
 LONE = "\\ud800"  # the six characters of a JSON escape, as a client writes them

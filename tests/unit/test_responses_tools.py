@@ -15,8 +15,8 @@ import pytest
 
 from corral.errors import BadRequestError
 from corral.schemas.openai import ResponsesRequest
-from corral.server import responses as resp
-from corral.server.responses_tools import IGNORED_TOOLS_KEY, flat_name, plan_tools
+from corral.server.compat import responses as resp
+from corral.server.compat.responses_tools import IGNORED_TOOLS_KEY, flat_name, plan_tools
 from tests.appenv import BASE, Env, make_model, sse_events
 from tests.native_chunks import chat_chunk
 
@@ -108,7 +108,7 @@ def test_codex_request_is_served_with_hosted_tools_reported(tmp_path: Path, capl
         assert final["metadata"][IGNORED_TOOLS_KEY] == "web_search"
         await client.close()
 
-    with caplog.at_level(logging.WARNING, logger="corral.server.responses"):
+    with caplog.at_level(logging.WARNING, logger="corral.server.compat.responses"):
         asyncio.run(main())
     prompt = env.prompts[0]
     assert "<mcp__node_repl__js><mcp__node_repl__js_reset>" in prompt and "<shell>" in prompt

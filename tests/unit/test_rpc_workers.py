@@ -22,7 +22,7 @@ from corral.engine.llamacpp.proc import LlamaCppEngine, RunnerCrashedError
 from corral.engine.llamacpp.rpcpool import Choice, WorkerPool, in_use
 from corral.engine.llamacpp.rpcserver import find_rpc_lib, rpc_lib_dirs
 from corral.errors import CorralError, RunnerStoppedError
-from corral.server.ps import rpc_offload
+from corral.server.native.ps import rpc_offload
 from tests.rpcfake import FakeWorker, closed_port
 
 GiB = 1 << 30

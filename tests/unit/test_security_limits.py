@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from corral.errors import RateLimitedError
-from corral.server.limits import RateLimiter
-from corral.server.requestlog import JsonFormatter, RequestIdFilter, new_request_id, request_id
+from corral.server.ops.limits import RateLimiter
+from corral.server.ops.requestlog import JsonFormatter, RequestIdFilter, new_request_id, request_id
 
 
 class Clock:

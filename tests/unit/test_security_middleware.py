@@ -21,8 +21,8 @@ from corral.auth.scopes import SCOPES, allows
 from corral.config import Settings
 from corral.server.app import create_app
 from corral.server.context import Services
-from corral.server.limits import RateLimiter
-from corral.server.metrics import ServerMetrics
+from corral.server.ops.limits import RateLimiter
+from corral.server.ops.metrics import ServerMetrics
 from corral.store.store import Store
 from tests.appenv import client, make_app
 
@@ -224,7 +224,7 @@ async def test_metrics_move_as_requests_run(tmp_path: Path) -> None:
 
 async def test_record_generation_feeds_metrics_and_token_limit(tmp_path: Path) -> None:
     from corral.engine.base import Metrics
-    from corral.server.metrics import current_key_id
+    from corral.server.ops.metrics import current_key_id
 
     app = make_app(tmp_path, rate_limit_tpm=1000)
     ctx = app.state.ctx

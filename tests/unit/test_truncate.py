@@ -1,4 +1,4 @@
-"""Chat truncation (`corral.server.truncate`, used by /api/chat): Ollama's rule (drop the oldest
+"""Chat truncation (`corral.server.native.truncate`, used by /api/chat): Ollama's rule (drop the oldest
 non-system messages, keep system messages and the last one) in a bounded number of renders and
 tokenizations, abandoned between steps when the caller is cancelled."""
 
@@ -19,8 +19,8 @@ from corral.engine.fake import ScriptedEngine
 from corral.scheduler import Scheduler
 from corral.schemas.native import Message
 from corral.server.app import create_app
+from corral.server.native.truncate import IMAGE_TOKENS, fit_chat
 from corral.server.runtime import fit_messages
-from corral.server.truncate import IMAGE_TOKENS, fit_chat
 from corral.store.store import Store
 from tests.appenv import make_model, run
 

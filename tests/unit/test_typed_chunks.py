@@ -21,7 +21,7 @@ from corral.engine.base import Chunk, GenerateParams, LoadSpec
 from corral.engine.fake import ScriptedEngine, ScriptedRunner
 from corral.errors import CorralError
 from corral.schemas.native import ChatRequest, ChatResponse, GenerateRequest, GenerateResponse, Message
-from corral.server.inference import chat_events, collect_chat, generate_events
+from corral.server.native.inference import chat_events, collect_chat, generate_events
 from tests.appenv import Env, run, sse_data, sse_events
 
 CACHED = 2

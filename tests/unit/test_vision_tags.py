@@ -6,7 +6,7 @@ import pytest
 
 from corral.errors import BadRequestError
 from corral.schemas.native import Message
-from corral.server.vision import decode_images, placed, tag_messages, tag_raw
+from corral.server.native.vision import decode_images, placed, tag_messages, tag_raw
 
 
 class Job:

@@ -28,7 +28,7 @@ from corral.errors import BadRequestError, CorralError
 from corral.names import ModelName
 from corral.scheduler import LoadedRunner
 from corral.server.context import AppContext, Ctx
-from corral.server.security import credential_of
+from corral.server.ops.security import credential_of
 
 router = APIRouter()
 

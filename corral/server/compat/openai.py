@@ -42,13 +42,7 @@ from corral.schemas.openai import (
     OpenAIModel,
     log_ignored_fields,
 )
-from corral.server.adapters import LORA_FIELDS, lora_field
-from corral.server.context import AppContext, Ctx
-from corral.server.embeddings import embed_response
-from corral.server.errors import openai_stream_error
-from corral.server.framing import sse_data
-from corral.server.inference import GenerateEvents, generate_events, start_chat
-from corral.server.openai_stream import (
+from corral.server.compat.openai_stream import (
     FINGERPRINT,
     ChatChunker,
     Native,
@@ -58,6 +52,12 @@ from corral.server.openai_stream import (
     sse_response,
     usage_of,
 )
+from corral.server.context import AppContext, Ctx
+from corral.server.errors import openai_stream_error
+from corral.server.framing import sse_data
+from corral.server.native.adapters import LORA_FIELDS, lora_field
+from corral.server.native.embeddings import embed_response
+from corral.server.native.inference import GenerateEvents, generate_events, start_chat
 from corral.server.stream import until_disconnected
 
 router = APIRouter()

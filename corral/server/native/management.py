@@ -29,7 +29,7 @@ from corral.schemas.native import (
     VersionResponse,
 )
 from corral.server.context import AppContext, Ctx
-from corral.server.modelinfo import list_entry, show_response
+from corral.server.native.modelinfo import list_entry, show_response
 from corral.server.stream import iterate_in_thread, respond
 from corral.store.blobs import normalize_digest
 from corral.store.bundled import find_bundled, import_bundled

@@ -1,7 +1,7 @@
 """Native chunk streams -> OpenAI wire shapes: SSE framing, ids, chat chunks, merged `n` streams.
 
 Owns the conversion of the typed native chat chunks (`ChatResponse`) produced by
-`corral.server.inference` into
+`corral.server.native.inference` into
 OpenAI chat-completion objects and `chat.completion.chunk`s (spec §1), the SSE encoding shared by
 the /v1 routes (including errors after the first byte), and the error body formatters registered
 for `/v1/*`. Holds no inference logic and knows nothing about request translation.

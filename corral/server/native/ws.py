@@ -39,13 +39,13 @@ from starlette.websockets import WebSocketDisconnect
 from corral.auth.authenticator import ANONYMOUS, Principal
 from corral.errors import BadRequestError, CorralError, ForbiddenError, RequestCanceledError, UnauthorizedError
 from corral.schemas.native import ChatRequest, DebugResponse, GenerateRequest, WireModel
-from corral.server.bodycheck import check_json_text
 from corral.server.context import AppContext
 from corral.server.errors import native_error_body, ws_error_message
-from corral.server.inference import collect_chat, collect_generate, start_chat, start_generate
-from corral.server.metrics import current_key_id
-from corral.server.requestlog import log_access, new_request_id, request_id
-from corral.server.security import credential_of, header
+from corral.server.native.inference import collect_chat, collect_generate, start_chat, start_generate
+from corral.server.ops.bodycheck import check_json_text
+from corral.server.ops.metrics import current_key_id
+from corral.server.ops.requestlog import log_access, new_request_id, request_id
+from corral.server.ops.security import credential_of, header
 
 router = APIRouter()
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Owns the `/v2/` routes (spec §7 seen from the server side): `GET /v2/`, manifes
 bytes exactly as stored, `Docker-Content-Digest`), blobs (GET/HEAD with Range), and push
 acceptance (POST uploads with cross-repository mount, PATCH chunks checked against
 `Content-Range`, PUT with digest, GET status and DELETE of an upload, manifest PUT; the upload
-sessions, their expiry and cap live in `corral.server.uploads`). Repository paths are
+sessions, their expiry and cap live in `corral.server.native.uploads`). Repository paths are
 `<ns>/<model>`: the default host is looked up first, then a unique model of that namespace/name
 under any host. Transfer logic lives in `corral.registry`.
 """
@@ -29,9 +29,9 @@ from corral.registry.pull import pull_model
 from corral.registry.push import push_model
 from corral.schemas.native import ProgressResponse, PushRequest
 from corral.server.context import AppContext, get_ctx
-from corral.server.mirror import install_mirror
+from corral.server.native.uploads import TooManyUploadsError, UploadSession, UploadSessions, parse_content_range
+from corral.server.ops.mirror import install_mirror
 from corral.server.stream import iterate_in_thread, respond
-from corral.server.uploads import TooManyUploadsError, UploadSession, UploadSessions, parse_content_range
 from corral.store.blobs import BlobWriter, normalize_digest
 
 router = APIRouter()

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral.config import Settings
 from corral.errors import ForbiddenError
 from corral.server.errors import ErrorFormats
-from corral.server.security import route_label
+from corral.server.ops.security import route_label
 
 log = logging.getLogger(__name__)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -25,11 +25,11 @@ from corral.errors import BadRequestError
 from corral.schemas.anthropic import AnthropicMessage, MessagesRequest
 from corral.schemas.native import ChatRequest, ChatResponse, Message, ToolCall, ToolCallFunction
 from corral.schemas.openai import log_ignored_fields
+from corral.server.compat.openai_stream import Native, sse_response
 from corral.server.context import Ctx
 from corral.server.errors import anthropic_stream_error
 from corral.server.framing import sse_event
-from corral.server.inference import chat_events
-from corral.server.openai_stream import Native, sse_response
+from corral.server.native.inference import chat_events
 from corral.server.stream import until_disconnected
 
 router = APIRouter()

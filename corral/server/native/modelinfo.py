@@ -14,7 +14,7 @@ from corral.gguf import GGUFInfo
 from corral.modelfile import format_parameters, render_show_modelfile
 from corral.schemas.native import ListModel, Message, ModelDetails, ShowResponse
 from corral.server.context import AppContext
-from corral.server.vision import projector_info
+from corral.server.native.vision import projector_info
 from corral.store.store import Model as StoredModel
 from corral.store.store import ModelEntry
 from corral.template.prompt import infer_thinking_tags, parse_template

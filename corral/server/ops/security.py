@@ -26,9 +26,9 @@ from corral.auth.authenticator import ANONYMOUS, Principal
 from corral.errors import CorralError, ForbiddenError, PayloadTooLargeError, RateLimitedError
 from corral.server.context import AppContext
 from corral.server.errors import ErrorFormats, retry_after_header
-from corral.server.keys_api import router as keys_router
-from corral.server.metrics import current_key_id, install_metrics_route
-from corral.server.requestlog import log_access, log_audit, new_request_id, request_id
+from corral.server.ops.keys_api import router as keys_router
+from corral.server.ops.metrics import current_key_id, install_metrics_route
+from corral.server.ops.requestlog import log_access, log_audit, new_request_id, request_id
 
 log = logging.getLogger(__name__)
 _BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")

@@ -27,13 +27,13 @@ from fastapi.responses import JSONResponse, Response
 from corral.errors import BadRequestError, CorralError
 from corral.schemas.native import ChatRequest, ChatResponse, Message, ToolCall, ToolCallFunction
 from corral.schemas.openai import ResponsesRequest, log_ignored_fields
+from corral.server.compat.openai import CTX_FIELDS, content_parts, extra_options, ignore_eos, think_value
+from corral.server.compat.openai_stream import Native, sse_response
+from corral.server.compat.responses_tools import IGNORED_TOOLS_KEY, ToolPlan, call_item, flat_name, plan_tools
 from corral.server.context import Ctx
 from corral.server.errors import responses_error
 from corral.server.framing import sse_event
-from corral.server.inference import chat_events
-from corral.server.openai import CTX_FIELDS, content_parts, extra_options, ignore_eos, think_value
-from corral.server.openai_stream import Native, sse_response
-from corral.server.responses_tools import IGNORED_TOOLS_KEY, ToolPlan, call_item, flat_name, plan_tools
+from corral.server.native.inference import chat_events
 from corral.server.stream import until_disconnected
 
 router = APIRouter()

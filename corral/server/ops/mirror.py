@@ -2,7 +2,7 @@
 what the store lacks (`CORRAL_REGISTRY_MIRROR_OF`; Docker's registry mirrors work the same way).
 
 Owns the mirror's manifest and blob read routes. They are mounted ahead of
-`corral.server.registry_api`'s `/v2` routes (which keep pushes and `/v2/`), so they take
+`corral.server.ops.registry_api`'s `/v2` routes (which keep pushes and `/v2/`), so they take
 precedence while mirroring. Repository `<ns>/<model>:<tag>` is the upstream's, stored under the
 upstream's host name.
 

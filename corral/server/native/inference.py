@@ -31,9 +31,10 @@ from corral.schemas.native import (
     TokenLogprob,
     ToolCall,
 )
-from corral.server.adapters import lora_scales
-from corral.server.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
 from corral.server.context import AppContext, Ctx
+from corral.server.native.adapters import lora_scales
+from corral.server.native.chatparse import OutputSplitter, Piece, Plan, chat_plan, generate_plan
+from corral.server.native.vision import decode_images, placed, tag_messages, tag_raw
 from corral.server.runtime import (
     Job,
     fit_messages,
@@ -46,7 +47,6 @@ from corral.server.runtime import (
     with_model_preamble,
 )
 from corral.server.stream import respond, until_disconnected
-from corral.server.vision import decode_images, placed, tag_messages, tag_raw
 
 log = logging.getLogger(__name__)
 router = APIRouter()
