@@ -27,6 +27,9 @@ pytestmark = pytest.mark.integration
 # 64 query rows or more with a tiled kernel, and one row over more than 256 cached tokens with the
 # keys split across threads, each rounding differently from the one-row kernel; there, drafts or
 # not (a repeated long prompt, batching), outputs need not be bit for bit the same (README).
+# Both runners force flash attention on: a CPU-only runner's default (`flash_attn_for`: off) computes
+# attention as matrix products whose rounding differs between one query row and several, so there
+# drafted and plain outputs can part at a near tie (README, "Speculative decoding").
 PARA = "The quick brown fox jumps over the lazy dog. All that glitters is not gold."
 CODE = """def area(w, h):
     if w < 0 or h < 0:
@@ -77,7 +80,7 @@ def _load(aloop: Loop, tmp: Path, path: Path, tuning: RunnerTuning) -> LlamaCppR
 
 @pytest.fixture(scope="module")
 def runner(aloop: Loop, model: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppRunner]:
-    r = _load(aloop, tmp_path_factory.mktemp("logs"), model[1], RunnerTuning())
+    r = _load(aloop, tmp_path_factory.mktemp("logs"), model[1], RunnerTuning(flash_attention=True))
     yield r
     aloop.run(r.close())
 
@@ -85,7 +88,7 @@ def runner(aloop: Loop, model: tuple[str, Path], tmp_path_factory: pytest.TempPa
 @pytest.fixture(scope="module")
 def plain(aloop: Loop, model: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppRunner]:
     """A runner started with CORRAL_SPECULATIVE off."""
-    r = _load(aloop, tmp_path_factory.mktemp("logs"), model[1], RunnerTuning(speculative=False))
+    r = _load(aloop, tmp_path_factory.mktemp("logs"), model[1], RunnerTuning(flash_attention=True, speculative=False))
     yield r
     aloop.run(r.close())
 

@@ -22,7 +22,7 @@ from corral.engine.llamacpp.model import ContextConfig, context_params, model_pa
 from corral.engine.llamacpp.proc import LlamaCppEngine, runner_argv
 from corral.engine.llamacpp.runner import RunnerServer, event_dict
 from corral.engine.llamacpp.threadpool import Threadpool, loaded_library
-from corral.engine.llamacpp.tuning import RunnerTuning
+from corral.engine.llamacpp.tuning import RunnerTuning, flash_attn_for
 from corral.errors import CorralError, PayloadTooLargeError
 from corral.fit import FitRequest
 from corral.schemas.options import LoadOptions, SampleOptions
@@ -165,3 +165,19 @@ def test_runner_tuning_is_the_engines_not_the_specs(tuning: RunnerTuning, flags:
     LlamaCppEngine(log_dir=Path("/nonexistent"), tuning=tuning).place(spec)
     assert seen[0].kv_cache_type == (tuning.kv_cache_type or "f16")
     assert seen[0].flash_attn is (tuning.flash_attention is not False)
+
+
+@pytest.mark.parametrize(
+    ("requested", "cpu_only", "kv", "resolved"),
+    [
+        ("auto", True, "", "off"),  # CPU only: the plain attention path (2-3x faster past ~200 tokens)
+        ("auto", True, "f16", "off"),
+        ("auto", True, "q8_0", "auto"),  # a quantized V cache needs flash attention
+        ("auto", False, "", "auto"),  # layers on a GPU or RPC workers: llama.cpp decides
+        ("on", True, "", "on"),  # the operator's CORRAL_FLASH_ATTENTION stands
+        ("off", False, "q8_0", "off"),
+    ],
+)
+def test_flash_attention_auto_is_off_on_a_cpu_only_runner(requested: str, cpu_only: bool, kv: str,
+                                                          resolved: str) -> None:
+    assert flash_attn_for(requested, cpu_only=cpu_only, kv_cache_type=kv) == resolved

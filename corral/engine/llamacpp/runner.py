@@ -35,6 +35,7 @@ from .model import ContextConfig, LlamaModel
 from .promptcache import SlotCache, open_cache
 from .rerank import RANK_NO_EMBED, is_rank, rerank, token_pieces, tokenize_text
 from .spec import can_draft, open_draft
+from .tuning import flash_attn_for
 
 STOP_STEP_TIMEOUT = 10.0  # the model thread finishes the step in progress before it stops
 STOP_FLUSH_TIMEOUT = 1.0  # for the connections to write their final error events
@@ -291,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     threads = args.threads if args.threads > 0 else max(os.cpu_count() or 1, 1)
     parallel = 1 if args.embedding else max(args.num_parallel, 1)
+    # RPC workers count as this CPU: the tested ones are CPUs, and a split must answer as a local run
+    cpu_only = offload.gpu_params(args).n_gpu_layers == 0
+    args.flash_attn = flash_attn_for(args.flash_attn, cpu_only=cpu_only, kv_cache_type=args.kv_cache_type)
     cfg = ContextConfig(
         n_ctx=args.num_ctx * parallel,
         n_seq=parallel,

@@ -22,9 +22,7 @@ class RunnerTuning:
     def argv(self) -> list[str]:
         """The runner's command-line flags for these settings."""
         if self.flash_attention is None:
-            # llama.cpp decides, as llama-server's default does; measured on SmolLM2 / 2 cores
-            # (bench/runner_ab.py): +17 % at 1 sequence, +7 % at 4, +16 % at 8 over forcing it off
-            argv = ["--flash-attn", "auto"]
+            argv = ["--flash-attn", "auto"]  # the runner decides: `flash_attn_for`
         else:
             argv = ["--flash-attn", "on" if self.flash_attention else "off"]
         if self.kv_cache_type:
@@ -34,3 +32,20 @@ class RunnerTuning:
         if not self.speculative:
             argv.append("--no-speculative")
         return argv
+
+
+def flash_attn_for(requested: str, *, cpu_only: bool, kv_cache_type: str) -> str:
+    """The runner's flash attention setting once `auto` is resolved.
+
+    `auto` on a runner with no layers on a local GPU is off (RPC workers included: a model split
+    over CPU workers answers as it does locally). llama.cpp's CPU flash-attention
+    kernel costs time in proportion to the cached tokens, per query row, where the plain path barely
+    grows: measured on SmolLM2 / 2 cores, one token at position 16 takes 13-15 ms either way, but at
+    position 400 34 ms with it against 19 without, at 3200 109 against 34, and 24 prompt tokens at
+    position 800 604 ms against 203 (`bench/RESULTS.md`). It only wins below ~128 cached tokens
+    (by 10-20 %) and for long prompts computed from scratch. A quantized KV cache needs it (llama.cpp
+    quantizes V only with flash attention), and GPUs are left to llama.cpp, as llama-server does.
+    """
+    if requested != "auto" or not cpu_only or kv_cache_type not in ("", "f16"):
+        return requested
+    return "off"
