@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +173,23 @@ def test_a_runner_lost_with_a_dead_worker_gets_an_error_naming_it() -> None:
     with FakeWorker() as alive:
         pool = WorkerPool([alive.endpoint, dead])
         err = asyncio.run(pool.lost_error((alive.endpoint, dead)))
-        assert asyncio.run(pool.lost_error((alive.endpoint,))) is None
+        assert asyncio.run(pool.lost_error((alive.endpoint,), settle=0.3)) is None
     assert isinstance(err, RunnerStoppedError)
     assert dead in err.message and alive.endpoint not in err.message
     assert "reloads the model without it" in err.message
+
+
+def test_a_worker_whose_port_closes_just_after_its_runner_died_is_still_named() -> None:
+    """A killed worker's port may accept for a moment after the runner saw the connection drop."""
+    with FakeWorker() as worker:
+        pool = WorkerPool([worker.endpoint])
+        closer = threading.Timer(0.5, worker.close)
+        closer.start()
+        try:
+            err = asyncio.run(pool.lost_error((worker.endpoint,)))
+        finally:
+            closer.cancel()
+    assert isinstance(err, RunnerStoppedError) and worker.endpoint in err.message
 
 
 def fake_build(root: Path) -> Path:

@@ -10,6 +10,7 @@ comes back is used again by the next load after it answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,9 @@ from corral.errors import CorralError, RunnerStoppedError
 
 from . import rpc
 from .rpcserver import find_rpc_lib, rpc_lib_dirs
+
+LOST_SETTLE_S = 2.0  # how long a runner's death may wait for a dying worker's port to close
+LOST_PROBE_EVERY_S = 0.2
 
 log = logging.getLogger(__name__)
 GiB = 1024**3
@@ -110,11 +114,17 @@ class WorkerPool:
         """After a runner died while loading with `workers`: is one of them gone (worth a retry)?"""
         return bool(workers) and bool(await rpc.refusing(workers))
 
-    async def lost_error(self, workers: tuple[str, ...]) -> CorralError | None:
-        """The error for a runner that died while using `workers`, naming those that are gone."""
+    async def lost_error(self, workers: tuple[str, ...], settle: float = LOST_SETTLE_S) -> CorralError | None:
+        """The error for a runner that died while using `workers`, naming those that are gone.
+
+        A killed worker's port can still accept for a moment after its runner noticed (its process
+        group is still being torn down), so a probe where every worker answers is repeated for up
+        to `settle` seconds before the death is put down to something else."""
         if not workers:
             return None
-        gone = await rpc.refusing(workers)
+        deadline = asyncio.get_running_loop().time() + settle
+        while not (gone := await rpc.refusing(workers)) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(LOST_PROBE_EVERY_S)
         if not gone:
             return None
         names = ", ".join(gone)
