@@ -15,6 +15,7 @@ from corral.engine.llamacpp.promptcache import (
     key_tokens,
     token_key,
 )
+from tests.kvstate import StateModel
 
 
 def k(tokens: list[int]) -> bytes:
@@ -113,35 +114,10 @@ def test_warm_waiting_prompts_pick_their_slot_first() -> None:
     assert sl.seat_order([cold, warm], busy, [0, 0]) == [0, 1]  # one seat: the first in line keeps it
 
 
-class FakeModel:
-    """seq_state/seq_restore/seq_rm over a dict of sequence -> tokens (the 'KV')."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, list[int]] = {}
-        self.fail_restore = False
-        self.calls: list[str] = []
-
-    def seq_state(self, seq: int) -> bytearray:
-        self.calls.append("save")
-        return bytearray(token_key(self.kv.get(seq, [])))
-
-    def seq_restore(self, seq: int, data: bytearray) -> bool:
-        self.calls.append("restore")
-        if self.fail_restore:
-            return False
-        self.kv[seq] = key_tokens(bytes(data))
-        return True
-
-    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
-        if p0 < 0:
-            self.kv.pop(seq, None)
-        else:
-            self.kv[seq] = self.kv.get(seq, [])[:p0]
-        return True
 
 
-def slot_cache(**kw: Any) -> tuple[SlotCache, FakeModel]:
-    model = FakeModel()
+def slot_cache(**kw: Any) -> tuple[SlotCache, StateModel]:
+    model = StateModel()
     return SlotCache(model, PromptCache(10_000, min_tokens=4, **kw)), model  # type: ignore[arg-type]
 
 

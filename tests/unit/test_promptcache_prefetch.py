@@ -16,35 +16,14 @@ import pytest
 
 from corral.engine.llamacpp import promptdisk as pd
 from corral.engine.llamacpp import slots as sl
-from corral.engine.llamacpp.promptcache import PromptCache, SlotCache, key_tokens, token_key
+from corral.engine.llamacpp.promptcache import PromptCache, SlotCache, token_key
+from tests.kvstate import StateModel
 
 WAIT = 30.0  # generous bound for "it eventually happens" on a loaded machine
 CONV = list(range(100, 160))  # a 60-token conversation whose state is on disk
 PROMPT = [*CONV, 1, 2]  # its next turn
 
 
-class FakeModel:
-    """seq_state/seq_restore/seq_rm over a dict of sequence -> tokens (the state is the key)."""
-
-    def __init__(self) -> None:
-        self.kv: dict[int, list[int]] = {}
-        self.calls: list[str] = []
-
-    def seq_state(self, seq: int) -> bytearray:
-        self.calls.append("save")
-        return bytearray(token_key(self.kv.get(seq, [])))
-
-    def seq_restore(self, seq: int, data: bytearray) -> bool:
-        self.calls.append("restore")
-        self.kv[seq] = key_tokens(bytes(data))
-        return True
-
-    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
-        if p0 < 0:
-            self.kv.pop(seq, None)
-        else:
-            self.kv[seq] = self.kv.get(seq, [])[:p0]
-        return True
 
 
 class SlowDisk:
@@ -85,9 +64,9 @@ class SlowDisk:
         pass
 
 
-def make(disk: Any, max_bytes: int = 10_000, **kw: Any) -> tuple[SlotCache, FakeModel, threading.Event]:
+def make(disk: Any, max_bytes: int = 10_000, **kw: Any) -> tuple[SlotCache, StateModel, threading.Event]:
     """A SlotCache in the loop's mode (wake set) and the event its wake-ups set."""
-    model = FakeModel()
+    model = StateModel()
     cache = SlotCache(model, PromptCache(max_bytes, disk, min_tokens=4, **kw))  # type: ignore[arg-type]
     woke = threading.Event()
     cache.wake = woke.set
@@ -229,7 +208,7 @@ def test_a_disk_only_cache_stages_one_state_for_its_restore() -> None:
 def test_without_the_loop_hook_a_restore_still_reads_the_disk_itself() -> None:
     disk = SlowDisk(CONV)
     disk.release.set()
-    model = FakeModel()
+    model = StateModel()
     cache = SlotCache(model, PromptCache(10_000, disk, min_tokens=4))  # type: ignore[arg-type]
     assert cache.best(PROMPT) == 60  # planning counts the disk: restore reads it on this thread
     assert cache.restore(sl.Slot(0), PROMPT) == 60 and disk.readers == [threading.current_thread()]
