@@ -11,7 +11,7 @@ from corral.engine.base import Chunk, Metrics, TokenLogprob, TopLogprob
 from corral.engine.llamacpp import protocol as proto
 from corral.engine.llamacpp.loopio import Failure
 from corral.engine.llamacpp.runner import event_dict
-from corral.engine.llamacpp.spec import COST, StepCost
+from corral.engine.llamacpp.spec import DEFAULT_PRICES, Prices, StepCost
 from corral.errors import BadRequestError
 from tests.fakeloop import EOS, Driver, expected, hash_rule, text_of
 
@@ -19,8 +19,8 @@ PROMPT = "tell me something"
 
 
 class FixedCost(StepCost):
-    def cost(self) -> float:
-        return COST
+    def prices(self) -> Prices:
+        return DEFAULT_PRICES
 
 
 def test_num_predict_ends_with_length_after_exactly_that_many_tokens() -> None:

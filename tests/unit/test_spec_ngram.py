@@ -9,7 +9,7 @@ import pytest
 
 from corral.engine.llamacpp.spec import (
     COST,
-    COST_WIDE,
+    DEFAULT_PRICES,
     MAX_BACKOFF,
     MAX_DRAFT,
     NgramIndex,
@@ -73,11 +73,11 @@ def test_failed_drafts_back_off_exponentially_and_success_resets() -> None:
     tokens = [*range(30), 99, *range(30)]  # a 30-token match: worth drafting whatever the history
     waits = []
     for _ in range(8):
-        draft = sp.propose(tokens, 16, wide=False)
+        draft = sp.propose(tokens, 16)[1]
         assert draft
         sp.record(len(draft), 0)
         n = 0
-        while not sp.propose(tokens, 16, wide=False) and n < 1000:
+        while not sp.propose(tokens, 16)[1] and n < 1000:
             n += 1
         waits.append(n)
         sp.skip = 0
@@ -115,15 +115,85 @@ def test_a_long_match_is_trusted_from_the_first_draft() -> None:
 
 def test_wide_batches_draft_only_near_certain_continuations() -> None:
     tokens = [1, 2, 3, 4, 5, 1, 2, 3]  # a 3-token match, unproven sequence
-    assert SeqSpec().propose(tokens, 5, wide=False) == [4]
-    assert SeqSpec().propose(tokens, 5, wide=True) == []
+    four = DEFAULT_PRICES.ratio(4)  # a token four sequences wide costs most of what it is worth
+    assert COST < four < 0.9
+    assert SeqSpec().propose(tokens, 5) == (0.6, [4])
+    assert SeqSpec().propose(tokens, 5, four)[1] == []
     doubtful = SeqSpec(hits=1.0, misses=3.0)  # its drafts mostly failed: a short match is not enough
     assert doubtful.chance(16) < 0.5 < doubtful.chance(24)
-    assert doubtful.propose(tokens, 5, wide=False) == []
-    assert doubtful.propose(tokens, 5, wide=False, cost=0.2) == [4]  # unless checking is cheap
+    assert doubtful.propose(tokens, 5)[1] == []
+    assert doubtful.propose(tokens, 5, cost=0.2)[1] == [4]  # unless checking is cheap
     long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match
-    assert SeqSpec().propose(long, 4, wide=True) == [7, 10, 11, 12]
-    assert SeqSpec().length(30, COST_WIDE) < SeqSpec().length(30, COST)
+    chance, draft = SeqSpec().propose(long, 4, four)
+    assert chance == pytest.approx(0.97) and draft == [7, 10, 11, 12]
+    assert SeqSpec().length(30, four) < SeqSpec().length(30, COST)
+
+
+def offer(p: float, k: int, seq_id: int) -> tuple[FakeSeq, float, list[int]]:
+    return FakeSeq(tokens=[1], n_past=0, spec=SeqSpec(), slot=FakeSlot(seq_id=seq_id)), p, list(range(k))
+
+
+def test_a_lone_draft_in_a_wide_batch_pays_for_its_own_ubatch() -> None:
+    from corral.engine.llamacpp.spec import choose
+
+    alone = [offer(0.97, 4, 0)]
+    assert choose(alone, 1, DEFAULT_PRICES, 256) == 4  # one sequence: its tokens share its ubatch
+    assert alone[0][0].spec is not None and alone[0][0].spec.draft == [0, 1, 2, 3]
+    lone = [offer(0.97, 4, 0)]
+    assert choose(lone, 4, DEFAULT_PRICES, 256) == 0  # 3 of 4 sequences without: a ubatch more
+    assert lone[0][0].spec is not None and lone[0][0].spec.draft == []
+    assert choose([offer(0.99, 24, 0)], 4, DEFAULT_PRICES, 256) == 24  # a long near-certain copy pays
+    shared = [offer(0.97, 4, i) for i in range(4)]  # every sequence drafts: no ubatch more
+    assert choose(shared, 4, DEFAULT_PRICES, 256) == 16
+
+
+def test_a_cpu_runner_drafts_in_a_wide_step_only_when_every_sequence_does() -> None:
+    from corral.engine.llamacpp.spec import choose
+
+    assert choose([offer(0.99, 24, 0)], 4, DEFAULT_PRICES, 256, lone=False) == 0
+    assert choose([offer(0.99, 24, 0)], 1, DEFAULT_PRICES, 256, lone=False) == 24  # alone: as ever
+    shared = [offer(0.97, 4, i) for i in range(4)]
+    assert choose(shared, 4, DEFAULT_PRICES, 256, lone=False) == 16
+    uneven = [offer(0.97, 4, 0), offer(0.97, 9, 1)]
+    assert choose(uneven, 2, DEFAULT_PRICES, 256, lone=False) == 8  # both at the shorter length
+    assert [len(o[0].spec.draft) for o in uneven if o[0].spec is not None] == [4, 4]
+
+
+def test_the_chance_of_a_long_match_is_learned_from_its_drafts() -> None:
+    from corral.engine.llamacpp.spec import MatchPriors
+
+    shared = MatchPriors()
+    long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match: the 24-token bucket
+    first = SeqSpec(priors=shared)
+    chance, draft = first.propose(long, 8)
+    assert chance == pytest.approx(0.97) and draft == [7, 10, 11, 12, 13, 14, 15, 16]
+    for _ in range(30):  # its long matches keep breaking after two tokens
+        first.record(8, 2)
+    assert shared.chance(MatchPriors.bucket(30)) < 0.8
+    assert shared.chance(MatchPriors.bucket(40)) == pytest.approx(0.98)  # another bucket: untouched
+    fresh = SeqSpec(priors=shared)  # a new sequence of the same runner starts from what was learned
+    assert fresh.chance(30) < 0.8 < SeqSpec().chance(30)
+
+
+def test_drafts_share_one_length() -> None:
+    from corral.engine.llamacpp.spec import choose
+
+    offers = [offer(0.97, 6, 0), offer(0.97, 4, 1), offer(0.97, 9, 2), offer(0.5, 1, 3)]
+    assert choose(offers, 4, DEFAULT_PRICES, 256) == 12  # three share 4 tokens; a fourth ubatch would not pay
+    assert [len(o[0].spec.draft) for o in offers if o[0].spec is not None] == [4, 4, 4, 0]
+    assert choose([offer(0.97, 6, 0), offer(0.97, 6, 1)], 2, DEFAULT_PRICES, 8) == 6  # the budget: one
+
+
+def test_prices_fit_ubatches_and_tokens() -> None:
+    from corral.engine.llamacpp.spec import StepCost, ubatches
+
+    assert ubatches([1, 1, 1, 1]) == 1 and ubatches([1, 3, 1, 5]) == 3 and ubatches([5, 5]) == 1
+    c = StepCost(clock=lambda: 0.0)
+    for counts in ([1], [1, 1, 1, 1], [1, 1, 1, 5], [3, 3], [1, 2, 4], [9], [1] * 8) * 4:
+        c.observe(sum(counts), 0.012 * ubatches(counts) + 0.006 * sum(counts), ubatches(counts))
+    got = c.prices()
+    assert got.ubatch == pytest.approx(0.012) and got.token == pytest.approx(0.006)
+    assert got.ratio(4) == pytest.approx(0.024 / 0.036)
 
 
 @dataclass
@@ -190,7 +260,10 @@ def test_verify_emits_the_agreeing_prefix_and_the_model_s_own_next_token() -> No
     assert seq.tokens == [5, 6, 7, 20, 21, 99]
     assert seq.slot.cached == [5, 6, 7, 20, 21] and seq.n_past == 5  # accepted drafts stay in KV
     assert loop.removed == [(3, 5, -1)]  # the rejected draft's cells go
-    assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2, "token_cost": COST}
+    assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2, "token_cost": COST,
+        "prices_ms": {"ubatch": 10.0, "token": 10.0, "between": 0.0},
+        "match_chance": {"32": 0.98, "24": 0.97, "16": 0.95, "12": 0.9},  # not learned: no match drafted
+    }
     assert seq.spec is not None and seq.spec.draft == []
 
 

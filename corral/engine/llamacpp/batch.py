@@ -358,7 +358,7 @@ class BatchLoop:
         td = time.perf_counter()
         rc = self.model.decode()
         td = time.perf_counter() - td
-        self.spec.observe(batch.n, td)  # the cost of a draft token
+        self.spec.observe(batch.n, td, [n + len(s.spec.draft if s.spec else ()) for s, n in fed])
         if rc != 0:
             self._decode_failed(rc, [s for s, _ in fed])
             return

@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     loop.vision = vision
     loop.spec.enabled = not args.no_speculative and can_draft(model)
     loop.spec.drafter = drafter
+    loop.spec.lone = not cpu_only
     thread = threading.Thread(target=loop.run, name="llama-batch", daemon=True)
     thread.start()
     try:

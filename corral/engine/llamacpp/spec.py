@@ -4,8 +4,10 @@ other sequence's next token, and the ones the model agrees with are emitted at o
 Owns the n-gram drafter (the continuation of a sequence's latest tokens found earlier in its own
 prompt and output: an editor's "apply this change" answer repeats its prompt), acceptance tracking
 per sequence (drafts that keep failing back off exponentially, so plain chat pays almost nothing),
-the per-step budget (a draft costs more in a wide batch: with one KV stream per sequence llama.cpp
-evaluates the extra tokens of a sequence in an extra ubatch), and verification.
+the per-step choice of drafts against their measured price (`Prices`: a token costs about as much
+as a sequence's own token in a wide CPU batch, and with one KV stream per sequence llama.cpp runs
+every distinct per-sequence token count as its own ubatch, a further pass over the weights), and
+verification.
 
 Verification keeps output identical to plain decoding: the target model's own sampler samples at
 the next-token position and then at each drafted position in order, every sample is emitted
@@ -26,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import llama_cpp as ll
@@ -44,17 +46,18 @@ MAX_MATCH = 48  # longest backward match measured (beyond it, a candidate is as 
 MAX_DRAFT = 62
 MAX_BACKOFF = 64  # steps a sequence waits after repeated failed drafts, at most
 # A draft is cut where the chance that all its tokens stand falls below the cost of verifying one
-# more token, as a fraction of a one-token decode step. The runner measures it (`StepCost`); until
-# it has, COST (SmolLM2 on 2 CPU cores: ~10 ms per extra token against ~20 ms for the step; a GPU
-# is far cheaper). In a batch of several generating sequences a draft also costs an extra ubatch,
-# and plain decoding already shares the weights' reads there: only near-certain drafts pay.
+# more token, counted in the tokens a plain step emits (`Prices.ratio`). The runner measures the
+# prices (`StepCost`); until it has, a ubatch costs as much as a token (SmolLM2 on 2 CPU cores:
+# ~12 ms per pass over the weights, ~5-7 ms per token), so COST alone and 0.8 four sequences wide.
 COST = 0.5
-COST_WIDE = 0.85
 COST_RANGE = (0.1, 0.95)
 DRAFT_MODEL_TOKENS = 4  # a draft model's tokens per step when the request sets no draft_num_predict
 DECAY = 0.7  # weight of a sequence's earlier drafts in its acceptance estimate, per draft
-# A long match predicts a copy: the continuation's chance per token is at least this.
+# A long match predicts a copy: the continuation's chance per token is at least this, until the
+# runner's own verified drafts from matches of that length say otherwise (`MatchPriors`).
 MATCH_PRIOR = ((32, 0.98), (24, 0.97), (16, 0.95), (12, 0.9))
+PRIOR_WEIGHT = 40.0  # the starting chances count as this many verified draft tokens
+PRIOR_DECAY = 0.995  # weight of a runner's earlier drafts in a learned chance, per draft
 TRUSTED_MATCH = 24  # from this length, whatever the sequence's record (Qwen2.5-Coder-1.5B writing
 # new code: 12-23-token matches gave 12 of 47 draft tokens)
 
@@ -145,6 +148,31 @@ def continuation(tokens: Seq[int], e: int, k: int) -> list[int]:
     return draft
 
 
+class MatchPriors:
+    """The chance that a draft token stands, by the length of the match that proposed it (the
+    buckets of MATCH_PRIOR), learned across one runner's sequences from their verified drafts.
+    Chat that loops (long matches, then a turn) learns a lower chance than an editor's copy."""
+
+    def __init__(self) -> None:
+        self.hits = [prior * PRIOR_WEIGHT for _, prior in MATCH_PRIOR]
+        self.misses = [(1.0 - prior) * PRIOR_WEIGHT for _, prior in MATCH_PRIOR]
+
+    @staticmethod
+    def bucket(match: int) -> int:
+        """The bucket of a match length; -1 when it is too short for one."""
+        return next((i for i, (length, _) in enumerate(MATCH_PRIOR) if match >= length), -1)
+
+    def chance(self, bucket: int) -> float:
+        return self.hits[bucket] / (self.hits[bucket] + self.misses[bucket])
+
+    def record(self, bucket: int, drafted: int, accepted: int) -> None:
+        self.hits[bucket] = PRIOR_DECAY * self.hits[bucket] + accepted
+        self.misses[bucket] = PRIOR_DECAY * self.misses[bucket] + (1.0 if accepted < drafted else 0.0)
+
+    def status(self) -> dict[str, float]:
+        return {str(length): round(self.chance(i), 3) for i, (length, _) in enumerate(MATCH_PRIOR)}
+
+
 @dataclass
 class SeqSpec:
     """One sequence's drafting state: its n-gram index, acceptance estimate and back-off."""
@@ -157,6 +185,8 @@ class SeqSpec:
     skip: int = 0  # steps left before the next lookup
     fails: int = 0  # consecutive drafts of which nothing was accepted
     draft: list[int] = field(default_factory=list)  # in flight this step
+    priors: MatchPriors = field(default_factory=MatchPriors)  # the runner's, shared
+    bucket: int = -1  # the prior bucket of the draft in flight
     n_drafts: int = 0
     n_drafted: int = 0
     n_accepted: int = 0
@@ -164,30 +194,32 @@ class SeqSpec:
     def chance(self, match: int) -> float:
         """Estimated chance that a draft token stands, given the ones before it did."""
         p = (self.hits + 1.0) / (self.hits + self.misses + 2.0)
-        for length, prior in MATCH_PRIOR:
-            if match >= length:  # a sequence whose drafts mostly failed needs a very long match
-                return max(p, prior) if p >= 0.5 or length >= TRUSTED_MATCH else p
-        return p
+        b = self.priors.bucket(match)
+        if b < 0:
+            return p
+        # a sequence whose drafts mostly failed needs a very long match
+        return max(p, self.priors.chance(b)) if p >= 0.5 or MATCH_PRIOR[b][0] >= TRUSTED_MATCH else p
 
     def length(self, match: int, cost: float) -> int:
         """Draft length: as long as the chance that all of it stands stays above the cost."""
         p = self.chance(match)
         return MAX_DRAFT if p >= 1.0 else min(int(math.log(cost) / math.log(p)), MAX_DRAFT)
 
-    def propose(self, tokens: Seq[int], room: int, wide: bool, cost: float = COST) -> list[int]:
-        """A draft to verify after `tokens` (at most `room` tokens), or [] this step; `cost` is
-        that of one more token alone (a wide batch uses COST_WIDE)."""
+    def propose(self, tokens: Seq[int], room: int, cost: float = COST) -> tuple[float, list[int]]:
+        """(chance per token, draft) to verify after `tokens` (at most `room` tokens); the draft
+        is [] this step. `cost`: that of one more token (`Prices.ratio`)."""
         self.index.sync(tokens)
         if self.skip > 0:
             self.skip -= 1
-            return []
+            return 0.0, []
         m, e = self.index.find(tokens)
         if not m:
-            return []
+            return 0.0, []
         # an unpromising sequence drafts nothing until a long match (a copy) makes it promising:
         # measured on Qwen2.5-Coder-1.5B writing new code, one-token probes cost 12 % of its speed
-        k = self.length(m, COST_WIDE if wide else cost)
-        return continuation(tokens, e, min(k, self.cap, room)) if k > 0 else []
+        k = self.length(m, cost)
+        self.bucket = self.priors.bucket(m)
+        return self.chance(m), continuation(tokens, e, min(k, self.cap, room)) if k > 0 else []
 
     def record(self, drafted: int, accepted: int) -> None:
         """Learn from a verified draft; after drafts of which nothing stood, back off."""
@@ -196,6 +228,8 @@ class SeqSpec:
         self.n_accepted += accepted
         self.hits = DECAY * self.hits + accepted
         self.misses = DECAY * self.misses + (1.0 if accepted < drafted else 0.0)
+        if self.bucket >= 0:
+            self.priors.record(self.bucket, drafted, accepted)
         if accepted == 0:
             self.fails += 1
             self.skip = min(1 << self.fails, MAX_BACKOFF)
@@ -203,48 +237,102 @@ class SeqSpec:
             self.fails = 0
 
 
+@dataclass(frozen=True)
+class Prices:
+    """What a decode step costs (seconds, or any one unit): `ubatch` for each ubatch llama.cpp
+    runs (a pass over the weights), `token` for each token in it, `between` of the loop's own work
+    (sampling, events) per step."""
+
+    ubatch: float
+    token: float
+    between: float = 0.0
+
+    def step(self, n: int) -> float:
+        """A plain step of `n` generating sequences (one token each, one ubatch)."""
+        return self.ubatch + self.token * n + self.between
+
+    def ratio(self, n: int) -> float:
+        """One more token in a step of `n` sequences, counted in the tokens that step emits."""
+        return min(max(self.token * n / self.step(n), COST_RANGE[0]), COST_RANGE[1])
+
+
+DEFAULT_PRICES = Prices(ubatch=0.01, token=0.01)  # ratio(1) == COST
+
+
 class StepCost:
-    """The cost of one more token in a step, as a fraction of a one-token step, measured: a
-    least-squares line `seconds = a + b * tokens` over recent decodes (exponentially forgotten),
-    plus the loop's time between decodes (sampling, events, the I/O thread: a step costs it
-    whatever its size), giving b / (a + between + b). Until the decodes have varied enough in
-    size to fit, COST."""
+    """The measured `Prices`: a least-squares fit `seconds = ubatch * ubatches + token * tokens`
+    over recent decodes (exponentially forgotten), plus the loop's time between decodes. Until
+    the decodes have varied enough in size to fit, DEFAULT_PRICES."""
 
     def __init__(self, decay: float = 0.98, max_tokens: int = 128, clock: Callable[[], float] = time.perf_counter):
         self.decay = decay
         self.max_tokens = max_tokens  # larger decodes (prompt chunks) take other kernels
         self.clock = clock
-        self.s = [0.0] * 5  # weights, sum n, sum n^2, sum t, sum n*t
+        self.s = [0.0] * 6  # weights, sums of u*u, u*n, n*n, u*t, n*t
         self.between = 0.0  # seconds of loop work between two decodes (smoothed)
         self._last = 0.0  # when the previous decode ended
 
-    def observe(self, n: int, t: float) -> None:
+    def observe(self, n: int, t: float, ubatches: int = 1) -> None:
         now = self.clock()
         gap = now - self._last - t  # from the end of the previous decode to the start of this one
         self._last = now
         if 0 <= gap < max(4 * t, 0.05):  # back to back (not a loop that sat idle)
             self.between = 0.9 * self.between + 0.1 * gap
-        if not 0 < n <= self.max_tokens or t <= 0:
+        if not 0 < n <= self.max_tokens or t <= 0 or ubatches < 1:
             return
-        d, s = self.decay, self.s
-        for i, v in enumerate((1.0, n, n * n, t, n * t)):
+        d, s, u = self.decay, self.s, ubatches
+        for i, v in enumerate((1.0, u * u, u * n, n * n, u * t, n * t)):
             s[i] = d * s[i] + v
 
+    def prices(self) -> Prices:
+        w, uu, un, nn, ut, nt = self.s
+        det = uu * nn - un * un  # w * w * the variance of the size, when every decode is one ubatch
+        if w < 8 or det < w * w:
+            return DEFAULT_PRICES
+        ubatch = (nn * ut - un * nt) / det
+        token = (uu * nt - un * ut) / det
+        return Prices(max(ubatch, 0.0), max(token, 0.0), self.between)
+
     def cost(self) -> float:
-        w, sn, snn, st, snt = self.s
-        if w < 8:
-            return COST
-        mean_n, mean_t = sn / w, st / w
-        var = snn / w - mean_n * mean_n
-        if var < 1.0:
-            return COST
-        b = (snt / w - mean_n * mean_t) / var
-        a = mean_t - b * mean_n + self.between
-        if b <= 0:
-            return COST_RANGE[0]
-        if a <= 0:
-            return COST_RANGE[1]
-        return min(max(b / (a + b), COST_RANGE[0]), COST_RANGE[1])
+        """One more token alone, as a fraction of a one-token step."""
+        return self.prices().ratio(1)
+
+
+def expected(p: float, k: int) -> float:
+    """Draft tokens expected to stand of `k`, each standing with chance `p` once those before it did."""
+    return float(k) if p >= 1.0 else p * (1.0 - p**k) / (1.0 - p)
+
+
+def ubatches(counts: Seq[int]) -> int:
+    """The ubatches llama.cpp runs for a batch with these per-sequence token counts, one KV stream
+    per sequence: each takes the same number of tokens from every sequence that has some left."""
+    return len(set(counts))
+
+
+def choose(offers: list[tuple[Any, float, list[int]]], n: int, prices: Prices, budget: int, lone: bool = True) -> int:
+    """Set the drafts worth their price among `offers` ((sequence, chance per token, draft)) in a
+    step of `n` generating sequences; returns the draft tokens set. The drafts share one length:
+    llama.cpp runs each distinct per-sequence token count as a ubatch of its own, so a draft whose
+    length no other sequence shares costs a pass over the weights besides its tokens (unless every
+    sequence drafts). Gain: the tokens expected to stand, each worth a plain step's time per token.
+    `lone=False`: with more than one sequence, only drafts that every sequence shares."""
+    if not offers or budget <= 0 or (not lone and len(offers) < n):
+        return 0
+    value = prices.step(n) / n
+    best, best_gain, takers = 0, 0.0, []
+    for length in sorted({len(d) for _, _, d in offers}):
+        able = sorted((o for o in offers if len(o[2]) >= length), key=lambda o: -o[1])
+        able = able[: budget // length]
+        gain = sum(value * expected(p, length) - prices.token * length for _, p, _ in able)
+        if len(able) < n:
+            if not lone:
+                continue
+            gain -= prices.ubatch
+        if gain > best_gain:
+            best, best_gain, takers = length, gain, able
+    for seq, _, draft in takers:
+        seq.spec.draft = draft[:best]
+    return best * len(takers)
 
 
 class SpecSeq(Protocol):
@@ -269,8 +357,13 @@ class Speculator:
     def __init__(self, seq_rm: Callable[[int, int, int], bool], *, enabled: bool = True, max_total: int = 256) -> None:
         self.seq_rm = seq_rm
         self.enabled = enabled
+        # drafts by some of several generating sequences (an extra ubatch): on a GPU, where a pass
+        # over the weights is most of a step. A CPU runner turns them off: on 2 cores they lost
+        # 5-10 % at 4 and 8 sequences even when priced as paying (bench/RESULTS.md, issue 14).
+        self.lone = True
         self.max_total = max_total  # draft tokens per step, all sequences together
         self.costs = StepCost()
+        self.priors = MatchPriors()
         self.drafter: DraftModel | None = None  # the Modelfile's DRAFT, loaded beside the model
         self.drafts = 0
         self.drafted = 0
@@ -284,16 +377,16 @@ class Speculator:
         if self.drafter is not None:  # Ollama's default: 4 tokens per step with a draft model
             return SeqSpec(cap=min(draft_num_predict or DRAFT_MODEL_TOKENS, MAX_DRAFT), model=True)
         cap = min(draft_num_predict, MAX_DRAFT) if draft_num_predict > 0 else MAX_DRAFT
-        return SeqSpec(cap=cap)
+        return SeqSpec(cap=cap, priors=self.priors)
 
     def plan(self, seqs: list[Any], num_ctx: int, capacity: int) -> int:
         """Choose this step's drafts (`seq.spec.draft`) for the generating `seqs`; returns the
         number of draft tokens chosen. A draft never reaches past the context, the sequence's
         token limit, or the batch's room."""
         budget = min(self.max_total, capacity - len(seqs))
-        wide = len(seqs) > 1
-        cost = self.costs.cost()
-        total = 0
+        prices = self.costs.prices()
+        ratio = prices.ratio(len(seqs))
+        offers: list[tuple[Any, float, list[int]]] = []
         by_model: list[tuple[Any, int]] = []
         for seq in seqs:
             sp = seq.spec
@@ -301,21 +394,32 @@ class Speculator:
                 continue
             if sp.draft:  # decoded but never verified (a failed decode): its cells may remain
                 self.seq_rm(seq.slot.seq_id, seq.n_past, -1)
-            room = min(num_ctx - 1 - seq.n_past, seq.limit - seq.n_gen - 1, budget - total)
-            if sp.model:
                 sp.draft = []
-                if room > 0:
-                    by_model.append((seq, min(sp.cap, room)))
-                    total += by_model[-1][1]
+            room = min(num_ctx - 1 - seq.n_past, seq.limit - seq.n_gen - 1, budget)
+            if room <= 0:
                 continue
-            sp.draft = sp.propose(seq.tokens, room, wide, cost) if room > 0 else []
-            total += len(sp.draft)
-        if by_model and self.drafter is not None:
-            drafts = self.drafter.draft([(q.slot.seq_id, q.tokens, k) for q, k in by_model])
-            for (q, k), draft in zip(by_model, drafts, strict=True):
-                q.spec.draft = draft
-                total -= k - len(draft)
-        return total
+            if sp.model:
+                by_model.append((seq, min(sp.cap, room)))
+                continue
+            p, draft = sp.propose(seq.tokens, room, ratio)
+            if draft:
+                offers.append((seq, p, draft))
+        total = choose(offers, len(seqs), prices, budget, self.lone)
+        return total + self._model_drafts(by_model, budget - total)
+
+    def _model_drafts(self, wants: list[tuple[Any, int]], budget: int) -> int:
+        """Drafts from the draft model for `wants` ((sequence, tokens wanted)), within `budget`."""
+        asked: list[tuple[Any, int]] = []
+        for seq, k in wants:
+            if (k := min(k, budget)) > 0:
+                asked.append((seq, k))
+                budget -= k
+        if not asked or self.drafter is None:
+            return 0
+        drafts = self.drafter.draft([(q.slot.seq_id, q.tokens, k) for q, k in asked])
+        for (q, _), draft in zip(asked, drafts, strict=True):
+            q.spec.draft = draft
+        return sum(len(d) for d in drafts)
 
     def verify(
         self, seq: SpecSeq, idx: int, on_logits: Callable[[Any, int], None], alive: Callable[[Any], bool]
@@ -353,9 +457,10 @@ class Speculator:
             batch.n = n + k
         return k
 
-    def observe(self, n_tokens: int, seconds: float) -> None:
-        """A decode of `n_tokens` took `seconds` (feeds the cost of a draft token)."""
-        self.costs.observe(n_tokens, seconds)
+    def observe(self, n_tokens: int, seconds: float, counts: Seq[int] = ()) -> None:
+        """A decode of `n_tokens` took `seconds`; `counts`: its tokens per sequence (feeds the
+        prices of a draft)."""
+        self.costs.observe(n_tokens, seconds, ubatches(counts) if counts else 1)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -364,5 +469,7 @@ class Speculator:
             "drafted": self.drafted,
             "accepted": self.accepted,
             "token_cost": round(self.costs.cost(), 3),
+            "prices_ms": {k: round(v * 1e3, 2) for k, v in asdict(self.costs.prices()).items()},
+            "match_chance": self.priors.status(),
         }
 
