@@ -151,7 +151,8 @@ def continuation(tokens: Seq[int], e: int, k: int) -> list[int]:
 class MatchPriors:
     """The chance that a draft token stands, by the length of the match that proposed it (the
     buckets of MATCH_PRIOR), learned across one runner's sequences from their verified drafts.
-    Chat that loops (long matches, then a turn) learns a lower chance than an editor's copy."""
+    A workload whose long matches keep breaking learns a lower chance and drafts less from them
+    (SmolLM2 on the decode benchmark kept them near the priors: 0.89-0.996)."""
 
     def __init__(self) -> None:
         self.hits = [prior * PRIOR_WEIGHT for _, prior in MATCH_PRIOR]
