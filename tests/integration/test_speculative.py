@@ -170,6 +170,7 @@ def test_batched_requests_match_their_plain_output(
         assert text(got) == text(want)
     after = spec_counts(aloop, runner)
     assert after["accepted"] - before["accepted"] >= N // 2, (before, after)
+    assert after["lone_drafts"] is False  # a CPU-only runner
 
 
 def test_seeded_sampling_is_identical(aloop: Loop, model: tuple[str, Path], runner: LlamaCppRunner) -> None:

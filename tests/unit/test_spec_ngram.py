@@ -263,6 +263,7 @@ def test_verify_emits_the_agreeing_prefix_and_the_model_s_own_next_token() -> No
     assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2, "token_cost": COST,
         "prices_ms": {"ubatch": 10.0, "token": 10.0, "between": 0.0},
         "match_chance": {"32": 0.98, "24": 0.97, "16": 0.95, "12": 0.9},  # not learned: no match drafted
+        "lone_drafts": True,
     }
     assert seq.spec is not None and seq.spec.draft == []
 

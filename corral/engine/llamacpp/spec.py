@@ -472,5 +472,6 @@ class Speculator:
             "token_cost": round(self.costs.cost(), 3),
             "prices_ms": {k: round(v * 1e3, 2) for k, v in asdict(self.costs.prices()).items()},
             "match_chance": self.priors.status(),
+            "lone_drafts": self.lone,
         }
 
