@@ -159,22 +159,6 @@ def test_a_cpu_runner_drafts_in_a_wide_step_only_when_every_sequence_does() -> N
     assert [len(o[0].spec.draft) for o in uneven if o[0].spec is not None] == [4, 4]
 
 
-def test_the_chance_of_a_long_match_is_learned_from_its_drafts() -> None:
-    from corral.engine.llamacpp.spec import MatchPriors
-
-    shared = MatchPriors()
-    long = [*range(10, 40), 7, *range(10, 40)]  # a 30-token match: the 24-token bucket
-    first = SeqSpec(priors=shared)
-    chance, draft = first.propose(long, 8)
-    assert chance == pytest.approx(0.97) and draft == [7, 10, 11, 12, 13, 14, 15, 16]
-    for _ in range(30):  # its long matches keep breaking after two tokens
-        first.record(8, 2)
-    assert shared.chance(MatchPriors.bucket(30)) < 0.8
-    assert shared.chance(MatchPriors.bucket(40)) == pytest.approx(0.98)  # another bucket: untouched
-    fresh = SeqSpec(priors=shared)  # a new sequence of the same runner starts from what was learned
-    assert fresh.chance(30) < 0.8 < SeqSpec().chance(30)
-
-
 def test_drafts_share_one_length() -> None:
     from corral.engine.llamacpp.spec import choose
 
@@ -262,7 +246,6 @@ def test_verify_emits_the_agreeing_prefix_and_the_model_s_own_next_token() -> No
     assert loop.removed == [(3, 5, -1)]  # the rejected draft's cells go
     assert spec.status() == {"enabled": True, "drafts": 1, "drafted": 3, "accepted": 2, "token_cost": COST,
         "prices_ms": {"ubatch": 10.0, "token": 10.0, "between": 0.0},
-        "match_chance": {"32": 0.98, "24": 0.97, "16": 0.95, "12": 0.9},  # not learned: no match drafted
         "lone_drafts": True,
     }
     assert seq.spec is not None and seq.spec.draft == []

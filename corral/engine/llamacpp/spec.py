@@ -53,11 +53,8 @@ COST = 0.5
 COST_RANGE = (0.1, 0.95)
 DRAFT_MODEL_TOKENS = 4  # a draft model's tokens per step when the request sets no draft_num_predict
 DECAY = 0.7  # weight of a sequence's earlier drafts in its acceptance estimate, per draft
-# A long match predicts a copy: the continuation's chance per token is at least this, until the
-# runner's own verified drafts from matches of that length say otherwise (`MatchPriors`).
+# A long match predicts a copy: the continuation's chance per token is at least this.
 MATCH_PRIOR = ((32, 0.98), (24, 0.97), (16, 0.95), (12, 0.9))
-PRIOR_WEIGHT = 40.0  # the starting chances count as this many verified draft tokens
-PRIOR_DECAY = 0.995  # weight of a runner's earlier drafts in a learned chance, per draft
 TRUSTED_MATCH = 24  # from this length, whatever the sequence's record (Qwen2.5-Coder-1.5B writing
 # new code: 12-23-token matches gave 12 of 47 draft tokens)
 
@@ -148,32 +145,6 @@ def continuation(tokens: Seq[int], e: int, k: int) -> list[int]:
     return draft
 
 
-class MatchPriors:
-    """The chance that a draft token stands, by the length of the match that proposed it (the
-    buckets of MATCH_PRIOR), learned across one runner's sequences from their verified drafts.
-    A workload whose long matches keep breaking learns a lower chance and drafts less from them
-    (SmolLM2 on the decode benchmark kept them near the priors: 0.89-0.996)."""
-
-    def __init__(self) -> None:
-        self.hits = [prior * PRIOR_WEIGHT for _, prior in MATCH_PRIOR]
-        self.misses = [(1.0 - prior) * PRIOR_WEIGHT for _, prior in MATCH_PRIOR]
-
-    @staticmethod
-    def bucket(match: int) -> int:
-        """The bucket of a match length; -1 when it is too short for one."""
-        return next((i for i, (length, _) in enumerate(MATCH_PRIOR) if match >= length), -1)
-
-    def chance(self, bucket: int) -> float:
-        return self.hits[bucket] / (self.hits[bucket] + self.misses[bucket])
-
-    def record(self, bucket: int, drafted: int, accepted: int) -> None:
-        self.hits[bucket] = PRIOR_DECAY * self.hits[bucket] + accepted
-        self.misses[bucket] = PRIOR_DECAY * self.misses[bucket] + (1.0 if accepted < drafted else 0.0)
-
-    def status(self) -> dict[str, float]:
-        return {str(length): round(self.chance(i), 3) for i, (length, _) in enumerate(MATCH_PRIOR)}
-
-
 @dataclass
 class SeqSpec:
     """One sequence's drafting state: its n-gram index, acceptance estimate and back-off."""
@@ -186,8 +157,6 @@ class SeqSpec:
     skip: int = 0  # steps left before the next lookup
     fails: int = 0  # consecutive drafts of which nothing was accepted
     draft: list[int] = field(default_factory=list)  # in flight this step
-    priors: MatchPriors = field(default_factory=MatchPriors)  # the runner's, shared
-    bucket: int = -1  # the prior bucket of the draft in flight
     n_drafts: int = 0
     n_drafted: int = 0
     n_accepted: int = 0
@@ -195,11 +164,10 @@ class SeqSpec:
     def chance(self, match: int) -> float:
         """Estimated chance that a draft token stands, given the ones before it did."""
         p = (self.hits + 1.0) / (self.hits + self.misses + 2.0)
-        b = self.priors.bucket(match)
-        if b < 0:
-            return p
-        # a sequence whose drafts mostly failed needs a very long match
-        return max(p, self.priors.chance(b)) if p >= 0.5 or MATCH_PRIOR[b][0] >= TRUSTED_MATCH else p
+        for length, prior in MATCH_PRIOR:
+            if match >= length:  # a sequence whose drafts mostly failed needs a very long match
+                return max(p, prior) if p >= 0.5 or length >= TRUSTED_MATCH else p
+        return p
 
     def length(self, match: int, cost: float) -> int:
         """Draft length: as long as the chance that all of it stands stays above the cost."""
@@ -219,7 +187,6 @@ class SeqSpec:
         # an unpromising sequence drafts nothing until a long match (a copy) makes it promising:
         # measured on Qwen2.5-Coder-1.5B writing new code, one-token probes cost 12 % of its speed
         k = self.length(m, cost)
-        self.bucket = self.priors.bucket(m)
         return self.chance(m), continuation(tokens, e, min(k, self.cap, room)) if k > 0 else []
 
     def record(self, drafted: int, accepted: int) -> None:
@@ -229,8 +196,6 @@ class SeqSpec:
         self.n_accepted += accepted
         self.hits = DECAY * self.hits + accepted
         self.misses = DECAY * self.misses + (1.0 if accepted < drafted else 0.0)
-        if self.bucket >= 0:
-            self.priors.record(self.bucket, drafted, accepted)
         if accepted == 0:
             self.fails += 1
             self.skip = min(1 << self.fails, MAX_BACKOFF)
@@ -364,7 +329,6 @@ class Speculator:
         self.lone = True
         self.max_total = max_total  # draft tokens per step, all sequences together
         self.costs = StepCost()
-        self.priors = MatchPriors()
         self.drafter: DraftModel | None = None  # the Modelfile's DRAFT, loaded beside the model
         self.drafts = 0
         self.drafted = 0
@@ -378,7 +342,7 @@ class Speculator:
         if self.drafter is not None:  # Ollama's default: 4 tokens per step with a draft model
             return SeqSpec(cap=min(draft_num_predict or DRAFT_MODEL_TOKENS, MAX_DRAFT), model=True)
         cap = min(draft_num_predict, MAX_DRAFT) if draft_num_predict > 0 else MAX_DRAFT
-        return SeqSpec(cap=cap, priors=self.priors)
+        return SeqSpec(cap=cap)
 
     def plan(self, seqs: list[Any], num_ctx: int, capacity: int) -> int:
         """Choose this step's drafts (`seq.spec.draft`) for the generating `seqs`; returns the
@@ -471,7 +435,6 @@ class Speculator:
             "accepted": self.accepted,
             "token_cost": round(self.costs.cost(), 3),
             "prices_ms": {k: round(v * 1e3, 2) for k, v in asdict(self.costs.prices()).items()},
-            "match_chance": self.priors.status(),
             "lone_drafts": self.lone,
         }
 
