@@ -159,7 +159,12 @@ def test_requests_spread_across_both_replicas(cluster: Cluster) -> None:
     for t in threads:
         t.join(timeout=180)
     assert results == [200] * 6
+    # nginx writes a request's access-log line after its response has left: wait for the last ones
+    deadline = time.monotonic() + 10
     served = upstreams_of(cluster.access_log()[before:], "/api/generate")
+    while len(served) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        served = upstreams_of(cluster.access_log()[before:], "/api/generate")
     assert len(served) == 6
     assert set(served) == {f"127.0.0.1:{n.port}" for n in cluster.nodes}, served
 
